@@ -1,0 +1,19 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="minitorch_cnn",
+    version="0.1.0",
+    description="A from-scratch deep-learning engine for CNNs on NumPy and CuPy, checked against PyTorch",
+    packages=find_packages(include=["minitorch_cnn", "minitorch_cnn.*"]),
+    python_requires=">=3.9",
+    # The engine itself needs NumPy alone; tqdm draws the training progress bar and
+    # matplotlib the curves and pictures of `train` and `inspect`.
+    install_requires=["numpy>=1.23", "tqdm", "matplotlib"],
+    extras_require={
+        "test": ["pytest", "threadpoolctl"],
+        "reference": ["torch==2.14.1", "torchvision==0.29.1"],
+        "cuda12": ["cupy-cuda12x"],
+        "cuda13": ["cupy-cuda13x"],
+        "bench": ["pytest-benchmark", "threadpoolctl"],
+    },
+)
