@@ -1,0 +1,133 @@
+"""A backend: an array module plus the handful of image kernels the CNN ops need.
+
+Layout. The kernels work on activations stored *batch-innermost*, as contiguous
+``(C, H, W, N)`` arrays. In that layout every copy that im2col, col2im and pooling
+make moves long contiguous runs (N floats, or OW*N for stride 1), and a convolution
+is one matrix product ``W(Cout, C*kh*kw) @ cols(C*kh*kw, OH*OW*N)`` whose result is
+already the next layer's ``(Cout, OH, OW, N)`` input. The public API stays NCHW: the
+ops hand out NCHW-shaped *views* of CHWN memory (see ``nn/functional.py``), so the
+layout is only a matter of strides.
+
+The generic bodies below use only ``self.xp`` and so run on NumPy and CuPy alike;
+the CuPy backend replaces some of them with CUDA kernels from ``kernels/``.
+"""
+
+
+class BackendUnavailable(RuntimeError):
+    """The requested backend cannot run here; the message says why."""
+
+
+def out_size(size, kernel, stride, padding):
+    """Output length of a sliding window (PyTorch's floor mode)."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+class Backend:
+    def __init__(self, name, xp):
+        self.name = name
+        self.xp = xp
+        self.seed(None)
+
+    def __repr__(self):
+        return f"<minitorch_cnn backend {self.name!r}>"
+
+    # ---- arrays -------------------------------------------------------------
+    def owns(self, array):
+        return isinstance(array, self.xp.ndarray)
+
+    def asarray(self, data, dtype=None):
+        """A host (NumPy) array or nested list as an array of this backend."""
+        return self.xp.asarray(data, dtype=dtype)
+
+    def to_numpy(self, array):
+        return array
+
+    def synchronize(self):
+        """Wait for queued device work (a no-op on the CPU)."""
+
+    # ---- random numbers -------------------------------------------------------
+    def seed(self, seed):
+        """Reseed this backend's generator (dropout masks, randn)."""
+        self.rng = self.xp.random.default_rng(seed)
+
+    def random(self, shape, dtype):
+        """Uniform [0, 1) samples of the given float dtype."""
+        return self.rng.random(shape, dtype=dtype)
+
+    # ---- image kernels (x is a contiguous (C, H, W, N) array) --------------------
+    def pad(self, x, ph, pw, value=0.0):
+        if not (ph or pw):
+            return x
+        c, h, w, n = x.shape
+        out = self.xp.full((c, h + 2 * ph, w + 2 * pw, n), value, dtype=x.dtype)
+        out[:, ph:ph + h, pw:pw + w] = x
+        return out
+
+    def windows(self, xpad, kh, kw, sh, sw, oh, ow):
+        """A view (C, kh, kw, OH, OW, N) of every window element; no copy."""
+        c, _, _, n = xpad.shape
+        s_c, s_h, s_w, s_n = xpad.strides
+        return self.xp.lib.stride_tricks.as_strided(
+            xpad, shape=(c, kh, kw, oh, ow, n),
+            strides=(s_c, s_h, s_w, s_h * sh, s_w * sw, s_n))
+
+    def window_slice(self, i, j, sh, sw, oh, ow):
+        """Index of the input pixels that kernel offset (i, j) reads, over all outputs."""
+        return (slice(None), slice(i, i + sh * (oh - 1) + 1, sh),
+                slice(j, j + sw * (ow - 1) + 1, sw))
+
+    def im2col(self, x, kh, kw, sh, sw, ph, pw):
+        """Columns (C, kh, kw, OH, OW, N), contiguous: the padded input once, then one copy."""
+        _, h, w, _ = x.shape
+        oh, ow = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
+        return self.xp.ascontiguousarray(
+            self.windows(self.pad(x, ph, pw), kh, kw, sh, sw, oh, ow))
+
+    def col2im(self, cols, x_shape, sh, sw, ph, pw):
+        """Adjoint of im2col: scatter-add columns (C, kh, kw, OH, OW, N) back to (C, H, W, N)."""
+        c, h, w, n = x_shape
+        _, kh, kw, oh, ow, _ = cols.shape
+        dx = self.xp.zeros((c, h + 2 * ph, w + 2 * pw, n), dtype=cols.dtype)
+        for i in range(kh):
+            for j in range(kw):
+                dx[self.window_slice(i, j, sh, sw, oh, ow)] += cols[:, i, j]
+        return dx[:, ph:ph + h, pw:pw + w]
+
+    def max_pool(self, x, kh, kw, sh, sw, ph, pw):
+        """Window maxima (C, OH, OW, N) and, per output, the uint8 index i*kw+j of the
+        window's first maximum in row-major order (PyTorch's tie rule). Pads with -inf."""
+        _, h, w, _ = x.shape
+        oh, ow = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
+        win = self.windows(self.pad(x, ph, pw, -self.xp.inf), kh, kw, sh, sw, oh, ow)
+        out = win[:, 0, 0].copy()
+        arg = self.xp.zeros(out.shape, dtype=self.xp.uint8)
+        for k in range(1, kh * kw):
+            v = win[:, k // kw, k % kw]
+            better = v > out  # strict: a later equal value never wins
+            self.xp.copyto(out, v, where=better)
+            self.xp.copyto(arg, k, where=better)
+        return out, arg
+
+    def max_pool_backward(self, dout, arg, x_shape, kh, kw, sh, sw, ph, pw):
+        c, h, w, n = x_shape
+        _, oh, ow, _ = dout.shape
+        dx = self.xp.zeros((c, h + 2 * ph, w + 2 * pw, n), dtype=dout.dtype)
+        for k in range(kh * kw):
+            dx[self.window_slice(k // kw, k % kw, sh, sw, oh, ow)] += dout * (arg == k)
+        return dx[:, ph:ph + h, pw:pw + w]
+
+    def avg_pool(self, x, kh, kw, sh, sw, ph, pw):
+        """Window means (C, OH, OW, N), zero padding counted (PyTorch's default)."""
+        _, h, w, _ = x.shape
+        oh, ow = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
+        return self.windows(self.pad(x, ph, pw), kh, kw, sh, sw, oh, ow).mean(axis=(1, 2))
+
+    def avg_pool_backward(self, dout, x_shape, kh, kw, sh, sw, ph, pw):
+        c, h, w, n = x_shape
+        _, oh, ow, _ = dout.shape
+        share = dout / (kh * kw)
+        dx = self.xp.zeros((c, h + 2 * ph, w + 2 * pw, n), dtype=dout.dtype)
+        for i in range(kh):
+            for j in range(kw):
+                dx[self.window_slice(i, j, sh, sw, oh, ow)] += share
+        return dx[:, ph:ph + h, pw:pw + w]

@@ -1,0 +1,347 @@
+"""The CNN ops, each a small :class:`Function` over raw arrays of any backend.
+
+Images are NCHW at the API. Internally the image ops (conv, pooling, batch-norm)
+compute on batch-innermost ``(C, H, W, N)`` arrays (see ``backends/base.py`` for why)
+and return NCHW-shaped *views* of that memory, so a chain of them never transposes:
+``_chwn`` below is free whenever its input came from another image op.
+"""
+from .. import backends
+from ..autograd import Function
+from ..tensor import Tensor
+
+
+def _chwn(x):
+    """A contiguous (C, H, W, N) array of an NCHW-shaped array; free for our own outputs."""
+    return backends.get_array_module(x).ascontiguousarray(x.transpose(1, 2, 3, 0))
+
+
+def _nchw(a):
+    """The NCHW-shaped view of a (C, H, W, N) array."""
+    return a.transpose(3, 0, 1, 2)
+
+
+def _pair(value, name):
+    pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    if len(pair) != 2 or not all(isinstance(v, int) and v >= 0 for v in pair):
+        raise ValueError(f"{name} must be a non-negative int or a pair of them, got {value!r}")
+    return pair
+
+
+def _check_image(x, op):
+    if x.ndim != 4:
+        raise ValueError(f"{op} expects a 4-D NCHW input, got shape {tuple(x.shape)}")
+
+
+def _window(x, kernel, stride, padding, op):
+    """(kh, kw, sh, sw, ph, pw) for a sliding window over ``x``, checked."""
+    _check_image(x, op)
+    kh, kw = _pair(kernel, "kernel_size")
+    sh, sw = _pair(stride, "stride")
+    ph, pw = _pair(padding, "padding")
+    if min(kh, kw, sh, sw) < 1:
+        raise ValueError(f"{op}: kernel_size and stride must be positive, got {kernel!r}, {stride!r}")
+    h, w = x.shape[2] + 2 * ph, x.shape[3] + 2 * pw
+    if h < kh or w < kw:
+        raise ValueError(f"{op}: kernel {kh}x{kw} is larger than the padded input {h}x{w}")
+    return kh, kw, sh, sw, ph, pw
+
+
+# ---- convolution -------------------------------------------------------------------
+class Conv2d(Function):
+    """im2col + one matrix product; backward is the transposed products + col2im."""
+
+    def forward(self, x, w, *bias, stride, padding):
+        cout, cin, kh, kw = w.shape
+        if x.shape[1] != cin:
+            raise ValueError(f"conv2d: input has {x.shape[1]} channels, weight {tuple(w.shape)} expects {cin}")
+        _, _, sh, sw, ph, pw = _window(x, (kh, kw), stride, padding, "conv2d")
+        be = backends.backend_of(x)
+        xc = _chwn(x)
+        cols = be.im2col(xc, kh, kw, sh, sw, ph, pw)  # (C, kh, kw, OH, OW, N)
+        oh, ow, n = cols.shape[3:]
+        cols = cols.reshape(cin * kh * kw, oh * ow * n)
+        w2 = w.reshape(cout, -1)
+        out = w2 @ cols
+        if bias:
+            out += bias[0][:, None]
+        self.geometry = xc.shape, (kh, kw, sh, sw, ph, pw), (oh, ow, n)
+        self.cols = cols if self.needs_grad[1] else None
+        self.w2 = w2 if self.needs_grad[0] else None
+        self.has_bias = bool(bias)
+        return _nchw(out.reshape(cout, oh, ow, n))
+
+    def backward(self, g):
+        x_shape, (kh, kw, sh, sw, ph, pw), (oh, ow, n) = self.geometry
+        gc = _chwn(g).reshape(g.shape[1], -1)
+        gx = gw = None
+        if self.needs_grad[0]:
+            dcols = (self.w2.T @ gc).reshape(x_shape[0], kh, kw, oh, ow, n)
+            gx = _nchw(backends.backend_of(g).col2im(dcols, x_shape, sh, sw, ph, pw))
+        if self.needs_grad[1]:
+            gw = (gc @ self.cols.T).reshape(g.shape[1], x_shape[0], kh, kw)
+        if self.has_bias:
+            return gx, gw, gc.sum(axis=1) if self.needs_grad[2] else None
+        return gx, gw
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0):
+    args = (input, weight) if bias is None else (input, weight, bias)
+    return Conv2d.apply(*args, stride=stride, padding=padding)
+
+
+# ---- pooling -------------------------------------------------------------------------
+class MaxPool2d(Function):
+    def forward(self, x, window):
+        self.x_shape, self.window = (x.shape[1], x.shape[2], x.shape[3], x.shape[0]), window
+        out, self.arg = backends.backend_of(x).max_pool(_chwn(x), *window)
+        return _nchw(out)
+
+    def backward(self, g):
+        be = backends.backend_of(g)
+        return _nchw(be.max_pool_backward(_chwn(g), self.arg, self.x_shape, *self.window))
+
+
+class AvgPool2d(Function):
+    def forward(self, x, window):
+        self.x_shape, self.window = (x.shape[1], x.shape[2], x.shape[3], x.shape[0]), window
+        return _nchw(backends.backend_of(x).avg_pool(_chwn(x), *window))
+
+    def backward(self, g):
+        be = backends.backend_of(g)
+        return _nchw(be.avg_pool_backward(_chwn(g), self.x_shape, *self.window))
+
+
+def _pool(fn, op, input, kernel_size, stride, padding):
+    window = _window(input, kernel_size, kernel_size if stride is None else stride, padding, op)
+    kh, kw, _, _, ph, pw = window
+    if ph > kh // 2 or pw > kw // 2:
+        raise ValueError(f"{op}: padding {padding!r} must be at most half of kernel_size {kernel_size!r}")
+    return fn.apply(input, window=window)
+
+
+def max_pool2d(input, kernel_size, stride=None, padding=0):
+    """Max pooling; pads with -inf, and the gradient goes to each window's first maximum."""
+    return _pool(MaxPool2d, "max_pool2d", input, kernel_size, stride, padding)
+
+
+def avg_pool2d(input, kernel_size, stride=None, padding=0):
+    """Average pooling; zero padding counts towards the mean, as PyTorch's default."""
+    return _pool(AvgPool2d, "avg_pool2d", input, kernel_size, stride, padding)
+
+
+# ---- dense layers and activations ----------------------------------------------------
+class Linear(Function):
+    def forward(self, x, w, *bias):
+        if x.shape[-1] != w.shape[1]:
+            raise ValueError(f"linear: input has {x.shape[-1]} features, weight {tuple(w.shape)} expects {w.shape[1]}")
+        self.x, self.w, self.has_bias = x, w, bool(bias)
+        out = x @ w.T
+        if bias:
+            out += bias[0]
+        return out
+
+    def backward(self, g):
+        x, w = self.x, self.w
+        g2 = g.reshape(-1, g.shape[-1])
+        gx = g @ w if self.needs_grad[0] else None
+        gw = g2.T @ x.reshape(-1, x.shape[-1]) if self.needs_grad[1] else None
+        if self.has_bias:
+            return gx, gw, g2.sum(axis=0) if self.needs_grad[2] else None
+        return gx, gw
+
+
+def linear(input, weight, bias=None):
+    args = (input, weight) if bias is None else (input, weight, bias)
+    return Linear.apply(*args)
+
+
+class ReLU(Function):
+    def forward(self, x):
+        self.out = backends.get_array_module(x).maximum(x, 0)  # keeps x's memory layout
+        return self.out
+
+    def backward(self, g):
+        return g * (self.out > 0)
+
+
+def relu(input):
+    return ReLU.apply(input)
+
+
+class Mask(Function):
+    """Multiply by a fixed mask (dropout); the mask is also the gradient's factor."""
+
+    def forward(self, x, mask):
+        self.mask = mask
+        return x * mask
+
+    def backward(self, g):
+        return g * self.mask
+
+
+def _dropout(input, p, training, mask_shape):
+    if not 0 <= p <= 1:
+        raise ValueError(f"dropout probability has to be between 0 and 1, got {p}")
+    if not training or p == 0:
+        return input
+    be = input.backend
+    keep = be.random(mask_shape, input.dtype) >= p
+    # Inverted dropout: survivors are scaled by 1/(1-p) so eval needs no rescaling.
+    mask = keep * (1.0 / (1.0 - p)) if p < 1 else keep * 0.0
+    return Mask.apply(input, mask=mask.astype(input.dtype, copy=False))
+
+
+def dropout(input, p=0.5, training=True):
+    return _dropout(input, p, training, input.shape)
+
+
+def dropout2d(input, p=0.5, training=True):
+    """Zero whole channels: one draw per (sample, channel)."""
+    _check_image(input, "dropout2d")
+    return _dropout(input, p, training, input.shape[:2] + (1, 1))
+
+
+# ---- batch normalisation -------------------------------------------------------------
+class BatchNorm(Function):
+    """Per-channel normalisation of (N, C) or (N, C, H, W) input, computed on a
+    (C, everything-else) matrix so each channel's statistics are one contiguous row."""
+
+    def forward(self, x, *affine, running_mean, running_var, training, momentum, eps):
+        xp = backends.get_array_module(x)
+        if x.ndim == 4:
+            rows = _chwn(x)
+            chwn_shape = rows.shape
+            self.restore = lambda m: _nchw(m.reshape(chwn_shape))
+        elif x.ndim == 2:
+            rows = xp.ascontiguousarray(x.T)
+            self.restore = lambda m: m.T
+        else:
+            raise ValueError(f"batch_norm expects (N, C) or (N, C, H, W) input, got shape {tuple(x.shape)}")
+        rows = rows.reshape(x.shape[1], -1)
+        count = rows.shape[1]
+        use_batch = training or running_mean is None
+        if use_batch:
+            if count < 2 and training:
+                raise ValueError(f"batch_norm: expected more than 1 value per channel when training, got input of shape {tuple(x.shape)}")
+            mean = rows.mean(axis=1)
+            var = rows.var(axis=1)
+            if training and running_mean is not None:
+                # Running statistics: momentum 0.1 by default, unbiased variance (PyTorch).
+                running_mean *= 1 - momentum
+                running_mean += momentum * mean
+                running_var *= 1 - momentum
+                running_var += momentum * var * (count / (count - 1))
+        else:
+            mean, var = running_mean, running_var
+        inv_std = 1 / xp.sqrt(var + eps)
+        xhat = (rows - mean[:, None]) * inv_std[:, None]
+        self.xhat, self.inv_std, self.use_batch = xhat, inv_std, use_batch
+        self.weight = affine[0] if affine else None
+        out = xhat * affine[0][:, None] + affine[1][:, None] if affine else xhat
+        return self.restore(out.astype(x.dtype, copy=False))
+
+    def backward(self, g):
+        xp = backends.get_array_module(g)
+        xhat, inv_std = self.xhat, self.inv_std
+        rows = (_chwn(g) if g.ndim == 4 else xp.ascontiguousarray(g.T)).reshape(xhat.shape)
+        gxhat = rows * self.weight[:, None] if self.weight is not None else rows
+        if self.use_batch:
+            count = rows.shape[1]
+            gx = (inv_std / count)[:, None] * (
+                count * gxhat - gxhat.sum(axis=1, keepdims=True)
+                - xhat * (gxhat * xhat).sum(axis=1, keepdims=True))
+        else:
+            gx = gxhat * inv_std[:, None]
+        gx = self.restore(gx)
+        if self.weight is None:
+            return gx
+        return gx, (rows * xhat).sum(axis=1), rows.sum(axis=1)
+
+
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
+               momentum=0.1, eps=1e-5):
+    """Running statistics (raw arrays or Tensors) are updated in place when training."""
+    raw = lambda t: t.data if isinstance(t, Tensor) else t
+    affine = () if weight is None else (weight, bias if bias is not None else Tensor(
+        weight.backend.xp.zeros(weight.shape, dtype=weight.dtype)))
+    return BatchNorm.apply(input, *affine, running_mean=raw(running_mean),
+                           running_var=raw(running_var), training=training,
+                           momentum=momentum, eps=eps)
+
+
+# ---- softmax family and losses ---------------------------------------------------------
+class LogSoftmax(Function):
+    def forward(self, x, dim):
+        xp = backends.get_array_module(x)
+        shifted = x - x.max(axis=dim, keepdims=True)  # stable for huge logits
+        self.out = shifted - xp.log(xp.exp(shifted).sum(axis=dim, keepdims=True))
+        self.dim = dim
+        return self.out
+
+    def backward(self, g):
+        xp = backends.get_array_module(g)
+        return g - xp.exp(self.out) * g.sum(axis=self.dim, keepdims=True)
+
+
+class Softmax(Function):
+    def forward(self, x, dim):
+        xp = backends.get_array_module(x)
+        e = xp.exp(x - x.max(axis=dim, keepdims=True))
+        self.out = e / e.sum(axis=dim, keepdims=True)
+        self.dim = dim
+        return self.out
+
+    def backward(self, g):
+        return self.out * (g - (g * self.out).sum(axis=self.dim, keepdims=True))
+
+
+def log_softmax(input, dim):
+    return LogSoftmax.apply(input, dim=dim)
+
+
+def softmax(input, dim):
+    return Softmax.apply(input, dim=dim)
+
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+class NLLLoss(Function):
+    def forward(self, logp, target, reduction):
+        xp = backends.get_array_module(logp)
+        n = logp.shape[0]
+        self.rows = xp.arange(n)
+        self.target, self.shape, self.dtype, self.reduction = target, logp.shape, logp.dtype, reduction
+        losses = -logp[self.rows, target]
+        if reduction == "none":
+            return losses
+        total = losses.sum()
+        return total / n if reduction == "mean" else total
+
+    def backward(self, g):
+        xp = backends.get_array_module(g)
+        grad = xp.zeros(self.shape, dtype=self.dtype)
+        scale = g / self.shape[0] if self.reduction == "mean" else g
+        grad[self.rows, self.target] = -scale
+        return grad
+
+
+def nll_loss(input, target, reduction="mean"):
+    """Negative log-likelihood of integer class ``target`` under log-probabilities ``input``."""
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if input.ndim != 2:
+        raise ValueError(f"nll_loss expects (N, C) log-probabilities, got shape {input.shape}")
+    t = target.data if isinstance(target, Tensor) else backends.get_array_module(input.data).asarray(target)
+    if t.shape != (input.shape[0],) or t.dtype.kind not in "iu":
+        raise ValueError(f"nll_loss expects {input.shape[0]} integer class indices as target, "
+                         f"got shape {tuple(t.shape)} of {t.dtype}")
+    if input.backend.name == "numpy" and t.size and (t.min() < 0 or t.max() >= input.shape[1]):
+        bad = t[(t < 0) | (t >= input.shape[1])][0]
+        raise IndexError(f"target {bad} is out of bounds for {input.shape[1]} classes")
+    return NLLLoss.apply(input, target=t, reduction=reduction)
+
+
+def cross_entropy(input, target, reduction="mean"):
+    """``nll_loss(log_softmax(input, 1), target)`` on raw logits."""
+    return nll_loss(log_softmax(input, 1), target, reduction)

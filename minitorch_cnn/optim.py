@@ -1,0 +1,138 @@
+"""SGD and Adam with PyTorch's update rules, step for step, and its state_dict layout."""
+import math
+
+import numpy as np
+
+
+
+class Optimizer:
+    defaults = {}
+
+    def __init__(self, params, **hyper):
+        params = list(params)
+        if not params:
+            raise ValueError("optimizer got an empty parameter list")
+        groups = params if isinstance(params[0], dict) else [{"params": params}]
+        self.param_groups = []
+        for group in groups:
+            unknown = set(group) - set(self.defaults) - {"params"}
+            if unknown:
+                raise TypeError(f"unknown optimizer option(s): {sorted(unknown)}")
+            merged = {**self.defaults, **hyper, **group, "params": list(group["params"])}
+            self._validate(merged)
+            self.param_groups.append(merged)
+        self.state = {}  # id(param) -> dict of raw arrays
+
+    def _validate(self, group):
+        if group["lr"] < 0:
+            raise ValueError(f"invalid learning rate: {group['lr']}")
+
+    def zero_grad(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad = None
+
+    def step(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    self.update(p.data, p.grad.data, self.state.setdefault(id(p), {}), group)
+
+    def update(self, param, grad, state, group):
+        """Update the raw array ``param`` in place from ``grad``."""
+        raise NotImplementedError
+
+    # ---- saving and resuming ----------------------------------------------------------
+    def _indexed_params(self):
+        return [p for group in self.param_groups for p in group["params"]]
+
+    def state_dict(self):
+        """PyTorch's layout: ``state`` by parameter index, ``param_groups`` with indices.
+        Arrays are NumPy copies, so the dict is backend-neutral."""
+        params = self._indexed_params()
+        state = {}
+        for i, p in enumerate(params):
+            if id(p) in self.state:
+                state[i] = {k: (np.array(p.backend.to_numpy(v), copy=True) if not np.isscalar(v) else v)
+                            for k, v in self.state[id(p)].items()}
+        groups, start = [], 0
+        for group in self.param_groups:
+            n = len(group["params"])
+            groups.append({**{k: v for k, v in group.items() if k != "params"},
+                           "params": list(range(start, start + n))})
+            start += n
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict):
+        groups = state_dict["param_groups"]
+        if len(groups) != len(self.param_groups) or any(
+                len(g["params"]) != len(own["params"]) for g, own in zip(groups, self.param_groups)):
+            raise ValueError("optimizer state_dict does not match this optimizer's parameter groups")
+        for saved, own in zip(groups, self.param_groups):
+            own.update({k: v for k, v in saved.items() if k != "params"})
+        params = self._indexed_params()
+        self.state = {}
+        for key, entry in state_dict["state"].items():
+            p = params[int(key)]
+            restored = {}
+            for k, v in entry.items():
+                if np.ndim(v) == 0:
+                    restored[k] = float(v) if k != "step" else int(v)
+                else:
+                    if tuple(np.shape(v)) != p.shape:
+                        raise ValueError(f"optimizer state {key}.{k}: shape {np.shape(v)} does not "
+                                         f"match parameter shape {p.shape}")
+                    restored[k] = p.backend.asarray(np.asarray(v, dtype=p.dtype))
+            self.state[id(p)] = restored
+
+
+class SGD(Optimizer):
+    """buf = momentum*buf + (1-dampening)*g; p -= lr*buf (or lr*(g + momentum*buf), Nesterov)."""
+    defaults = {"lr": 1e-3, "momentum": 0, "dampening": 0, "weight_decay": 0, "nesterov": False}
+
+    def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False):
+        super().__init__(params, lr=lr, momentum=momentum, dampening=dampening,
+                         weight_decay=weight_decay, nesterov=nesterov)
+
+    def _validate(self, group):
+        super()._validate(group)
+        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+
+    def update(self, param, grad, state, group):
+        d_p = grad + group["weight_decay"] * param if group["weight_decay"] else grad
+        momentum = group["momentum"]
+        if momentum:
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = state["momentum_buffer"] = d_p.copy()
+            else:
+                buf *= momentum
+                buf += (1 - group["dampening"]) * d_p
+            d_p = d_p + momentum * buf if group["nesterov"] else buf
+        param -= group["lr"] * d_p
+
+
+class Adam(Optimizer):
+    defaults = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0}
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0):
+        super().__init__(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+
+    def update(self, param, grad, state, group):
+        beta1, beta2 = group["betas"]
+        if group["weight_decay"]:
+            grad = grad + group["weight_decay"] * param
+        if not state:
+            state.update(step=0, exp_avg=param * 0, exp_avg_sq=param * 0)
+        state["step"] += 1
+        step, m, v = state["step"], state["exp_avg"], state["exp_avg_sq"]
+        m += (1 - beta1) * (grad - m)  # PyTorch's lerp form
+        v *= beta2
+        v += (1 - beta2) * grad * grad
+        step_size = group["lr"] / (1 - beta1 ** step)
+        denom = (v ** 0.5) / math.sqrt(1 - beta2 ** step) + group["eps"]
+        param -= step_size * (m / denom)
+
+
+__all__ = ["Optimizer", "SGD", "Adam"]
