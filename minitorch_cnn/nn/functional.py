@@ -93,12 +93,12 @@ def conv2d(input, weight, bias=None, stride=1, padding=0):
 class MaxPool2d(Function):
     def forward(self, x, window):
         self.x_shape, self.window = (x.shape[1], x.shape[2], x.shape[3], x.shape[0]), window
-        out, self.arg = backends.backend_of(x).max_pool(_chwn(x), *window)
+        out, self.routing = backends.backend_of(x).max_pool(_chwn(x), *window)
         return _nchw(out)
 
     def backward(self, g):
         be = backends.backend_of(g)
-        return _nchw(be.max_pool_backward(_chwn(g), self.arg, self.x_shape, *self.window))
+        return _nchw(be.max_pool_backward(_chwn(g), self.routing, self.x_shape, *self.window))
 
 
 class AvgPool2d(Function):
