@@ -8,6 +8,8 @@ an input needs none). Whatever ``forward`` saves on ``self`` is dropped as soon 
 """
 import contextlib
 
+import numpy as np
+
 from . import backends
 
 _grad_enabled = [True]
@@ -50,7 +52,10 @@ class Function:
         fn = cls()
         fn.needs_grad = [t.requires_grad for t in tensors]
         record = is_grad_enabled() and any(fn.needs_grad)
-        result = Tensor(fn.forward(*arrays, **options), requires_grad=record)
+        out = fn.forward(*arrays, **options)
+        if not hasattr(out, "ndim") or isinstance(out, np.generic):
+            out = np.asarray(out)  # NumPy reductions give scalars; a Tensor holds an array
+        result = Tensor(out, requires_grad=record)
         if record:
             fn.inputs = tensors
             result._ctx = fn

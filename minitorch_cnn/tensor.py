@@ -99,7 +99,8 @@ class Tensor:
     def __rtruediv__(self, other): return Div.apply(other, self)
     def __matmul__(self, other): return MatMul.apply(self, other)
     def __rmatmul__(self, other): return MatMul.apply(other, self)
-    def __pow__(self, exponent): return Pow.apply(self, exponent=exponent)
+    def __pow__(self, other): return Pow.apply(self, other)
+    def __rpow__(self, other): return Pow.apply(other, self)
     def __neg__(self): return Neg.apply(self)
     def __getitem__(self, index): return GetItem.apply(self, index=_raw_index(index))
 
@@ -292,12 +293,18 @@ class Neg(Function):
 
 
 class Pow(Function):
-    def forward(self, a, exponent):
-        self.a, self.exponent = a, exponent
-        return a ** exponent
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        self.out = a ** b
+        return self.out
 
     def backward(self, g):
-        return g * self.exponent * self.a ** (self.exponent - 1)
+        a, b = self.a, self.b
+        ga = unbroadcast(g * b * a ** (b - 1), a.shape) if self.needs_grad[0] else None
+        gb = None
+        if self.needs_grad[1]:
+            gb = unbroadcast(g * self.out * backends.get_array_module(a).log(a), b.shape)
+        return ga, gb
 
 
 class Exp(Function):

@@ -148,7 +148,7 @@ class Module:
             if tuple(value.shape) != t.shape:
                 raise ValueError(f"state_dict key {key!r}: shape {tuple(value.shape)} does not match "
                                  f"the model's {t.shape}")
-            t.data = t.backend.asarray(value.astype(t.dtype, copy=False))
+            t.data = t.backend.asarray(np.array(value, dtype=t.dtype, copy=True))  # own a copy
         return IncompatibleKeys(missing, unexpected)
 
     # ---- printing -----------------------------------------------------------------------
