@@ -202,29 +202,45 @@ def dropout2d(input, p=0.5, training=True):
 
 
 # ---- batch normalisation -------------------------------------------------------------
+def _channel_rows(x):
+    """(N, C) or (N, C, H, W) as a contiguous (C, everything-else) matrix: each
+    channel's values in one row (free for our own 4-D outputs, which are CHWN)."""
+    xp = backends.get_array_module(x)
+    if x.ndim == 4:
+        return _chwn(x).reshape(x.shape[1], -1)
+    if x.ndim == 2:
+        return xp.ascontiguousarray(x.T)
+    raise ValueError(f"batch_norm expects (N, C) or (N, C, H, W) input, got shape {tuple(x.shape)}")
+
+
+def _from_channel_rows(rows, x_shape):
+    if len(x_shape) == 4:
+        n, c, h, w = x_shape
+        return _nchw(rows.reshape(c, h, w, n))
+    return rows.T
+
+
+def _row_dot(a, b):
+    """Per-row dot products, without a temporary of a's size."""
+    return backends.get_array_module(a).einsum("ij,ij->i", a, b)
+
+
 class BatchNorm(Function):
-    """Per-channel normalisation of (N, C) or (N, C, H, W) input, computed on a
-    (C, everything-else) matrix so each channel's statistics are one contiguous row."""
+    """Per-channel normalisation, computed on (C, everything-else) rows so each
+    channel's statistics are one contiguous reduction; in-place where it saves passes."""
 
     def forward(self, x, *affine, running_mean, running_var, training, momentum, eps):
         xp = backends.get_array_module(x)
-        if x.ndim == 4:
-            rows = _chwn(x)
-            chwn_shape = rows.shape
-            self.restore = lambda m: _nchw(m.reshape(chwn_shape))
-        elif x.ndim == 2:
-            rows = xp.ascontiguousarray(x.T)
-            self.restore = lambda m: m.T
-        else:
-            raise ValueError(f"batch_norm expects (N, C) or (N, C, H, W) input, got shape {tuple(x.shape)}")
-        rows = rows.reshape(x.shape[1], -1)
+        rows = _channel_rows(x)
         count = rows.shape[1]
-        use_batch = training or running_mean is None
-        if use_batch:
+        self.x_shape, self.use_batch = x.shape, training or running_mean is None
+        if self.use_batch:
             if count < 2 and training:
-                raise ValueError(f"batch_norm: expected more than 1 value per channel when training, got input of shape {tuple(x.shape)}")
+                raise ValueError("batch_norm: expected more than 1 value per channel when "
+                                 f"training, got input of shape {tuple(x.shape)}")
             mean = rows.mean(axis=1)
-            var = rows.var(axis=1)
+            xhat = rows - mean[:, None]
+            var = _row_dot(xhat, xhat) / count
             if training and running_mean is not None:
                 # Running statistics: momentum 0.1 by default, unbiased variance (PyTorch).
                 running_mean *= 1 - momentum
@@ -232,30 +248,35 @@ class BatchNorm(Function):
                 running_var *= 1 - momentum
                 running_var += momentum * var * (count / (count - 1))
         else:
-            mean, var = running_mean, running_var
-        inv_std = 1 / xp.sqrt(var + eps)
-        xhat = (rows - mean[:, None]) * inv_std[:, None]
-        self.xhat, self.inv_std, self.use_batch = xhat, inv_std, use_batch
+            xhat = rows - running_mean[:, None]
+            var = running_var
+        self.inv_std = (1 / xp.sqrt(var + eps)).astype(x.dtype, copy=False)
+        xhat *= self.inv_std[:, None]
+        self.xhat = xhat
         self.weight = affine[0] if affine else None
-        out = xhat * affine[0][:, None] + affine[1][:, None] if affine else xhat
-        return self.restore(out.astype(x.dtype, copy=False))
+        if not affine:
+            return _from_channel_rows(xhat, x.shape)
+        out = xhat * affine[0][:, None]
+        out += affine[1][:, None]
+        return _from_channel_rows(out, x.shape)
 
     def backward(self, g):
-        xp = backends.get_array_module(g)
         xhat, inv_std = self.xhat, self.inv_std
-        rows = (_chwn(g) if g.ndim == 4 else xp.ascontiguousarray(g.T)).reshape(xhat.shape)
+        rows = _channel_rows(g)
         gxhat = rows * self.weight[:, None] if self.weight is not None else rows
         if self.use_batch:
+            # dx = inv_std * (gxhat - mean(gxhat) - xhat * mean(gxhat * xhat))
             count = rows.shape[1]
-            gx = (inv_std / count)[:, None] * (
-                count * gxhat - gxhat.sum(axis=1, keepdims=True)
-                - xhat * (gxhat * xhat).sum(axis=1, keepdims=True))
+            gx = xhat * (-_row_dot(gxhat, xhat) / count)[:, None]
+            gx += gxhat
+            gx -= (gxhat.sum(axis=1) / count)[:, None]
+            gx *= inv_std[:, None]
         else:
             gx = gxhat * inv_std[:, None]
-        gx = self.restore(gx)
+        gx = _from_channel_rows(gx, self.x_shape)
         if self.weight is None:
             return gx
-        return gx, (rows * xhat).sum(axis=1), rows.sum(axis=1)
+        return gx, _row_dot(rows, xhat), rows.sum(axis=1)
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
