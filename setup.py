@@ -4,7 +4,7 @@ setup(
     name="minitorch_cnn",
     version="0.1.0",
     description="A from-scratch deep-learning engine for CNNs on NumPy and CuPy, checked against PyTorch",
-    packages=find_packages(include=["minitorch_cnn", "minitorch_cnn.*"]),
+    packages=find_packages(include=["minitorch_cnn", "minitorch_cnn.*", "reference"]),
     python_requires=">=3.9",
     # The engine itself needs NumPy alone; tqdm draws the training progress bar and
     # matplotlib the curves and pictures of `train` and `inspect`.

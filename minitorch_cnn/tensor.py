@@ -166,16 +166,22 @@ def _default_dtype(array):
 
 
 def tensor(data, requires_grad=False, dtype=None):
-    """A new tensor (a copy) on the active backend, or on the backend of ``data``."""
+    """A new tensor (a copy). Lists and NumPy arrays go to the active backend (so one
+    training loop serves both); an array of another backend (CuPy) stays where it is."""
     if isinstance(data, Tensor):
         data = data.data
     try:
-        owner = backends.backend_of(data)
+        owner = backends.backend_of(data).name
     except TypeError:  # a list, tuple or Python scalar
+        owner = None
+    if owner in (None, "numpy"):
         host = np.asarray(data)
-        array = backends.get_backend().asarray(host, dtype=dtype or _default_dtype(host))
+        keep_dtype = isinstance(data, np.ndarray)
+        array = backends.get_backend().asarray(host, dtype=dtype or (None if keep_dtype else _default_dtype(host)))
+        if backends.get_array_module(array) is np and np.shares_memory(array, host):
+            array = array.copy()
     else:
-        array = owner.xp.array(data, dtype=dtype, copy=True)
+        array = backends.get_backend_by_name(owner).xp.array(data, dtype=dtype, copy=True)
     if requires_grad and array.dtype.kind != "f":
         raise TypeError(f"only floating-point tensors can require grad, not {array.dtype}")
     return Tensor(array, requires_grad=requires_grad)
