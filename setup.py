@@ -1,3 +1,5 @@
+import glob
+
 from setuptools import find_packages, setup
 
 setup(
@@ -6,6 +8,8 @@ setup(
     description="A from-scratch deep-learning engine for CNNs on NumPy and CuPy, checked against PyTorch",
     packages=find_packages(include=["minitorch_cnn", "minitorch_cnn.*", "reference"]),
     python_requires=">=3.9",
+    # The CuPy backend compiles these CUDA sources at run time (see backends/cupy_backend.py).
+    data_files=[("share/minitorch_cnn/kernels", sorted(glob.glob("kernels/*.cu")))],
     # The engine itself needs NumPy alone; tqdm draws the training progress bar and
     # matplotlib the curves and pictures of `train` and `inspect`.
     install_requires=["numpy>=1.23", "tqdm", "matplotlib"],

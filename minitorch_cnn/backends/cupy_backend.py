@@ -1,0 +1,280 @@
+"""The CuPy backend: the engine's op bodies on GPU arrays, and CUDA kernels of its own
+for the image ops where one pays (im2col, col2im, max pooling forward and backward).
+
+Every other op runs the generic body of :class:`~.base.Backend` with ``xp = cupy``.
+The kernels are CUDA C sources, ``kernels/*.cu``, compiled once per process with
+``cupy.RawModule`` (NVRTC; CuPy also caches the binaries on disk) and memoized. Each
+source exports one ``extern "C"`` entry point per dtype, ``<kernel>_float32`` and
+``<kernel>_float64``; other dtypes, and arrays too large for the kernels' 32-bit
+indexing, take the generic path.
+
+Importing this module does not import CuPy: :func:`create` does, when the "cupy"
+backend is first asked for, and raises :class:`BackendUnavailable` with a one-line
+reason when CuPy, a GPU or a working CUDA stack is missing.
+
+Past start-up nothing here waits for the GPU or copies to the host, so a training step
+queues its work without a round trip; ``to_numpy`` and ``synchronize`` are the explicit
+exceptions.
+Running out of GPU memory raises ``cupy.cuda.memory.OutOfMemoryError``, a
+``MemoryError``, which the train command turns into "try a smaller --batch-size".
+"""
+import functools
+import math
+import os
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+
+from .base import Backend, BackendUnavailable, out_size
+
+INSTALL_HINT = "pip install 'minitorch_cnn[cuda12]' (CUDA 12) or 'minitorch_cnn[cuda13]' (CUDA 13)"
+
+# kernel name -> the source in kernels/ that defines its entry points (see entry_point)
+KERNEL_SOURCES = {
+    "im2col": "im2col.cu",
+    "col2im": "col2im.cu",
+    "max_pool": "maxpool.cu",
+    "max_pool_backward": "maxpool.cu",
+}
+KERNEL_DTYPES = ("float32", "float64")
+COMPILE_OPTIONS = ("-std=c++14",)
+
+THREADS_PER_BLOCK = 256
+# With a grid-stride loop every launch can stop at this many blocks: 2**21 threads are
+# several times what the largest current GPUs hold at once (an H100: 132 SMs x 2048),
+# and larger arrays loop.
+MAX_BLOCKS = 2 ** 13
+# The kernels index with 32-bit integers (64-bit division costs several times more).
+INDEX_LIMIT = 2 ** 31
+# The max-pool routing is a uint8 window offset; larger windows take the generic path.
+MAX_POOL_WINDOW_LIMIT = 256
+
+# cudaError_t values (CUDA runtime API, driver_types.h); CuPy does not name them.
+CUDA_ERROR_INSUFFICIENT_DRIVER = 35
+CUDA_ERROR_NO_DEVICE = 100
+
+# A kernel and a matrix product small enough to prove the CUDA stack works (NVRTC, the
+# driver, cuBLAS) before the backend is handed out.
+_PROBE_SOURCE = r'extern "C" __global__ void mt_probe(float* x) { x[threadIdx.x] += 1.0f; }'
+
+
+# ---- kernel sources and launch geometry (pure: no CuPy needed) ------------------------
+def entry_point(kernel, dtype):
+    """The C name of ``kernel``'s entry point for ``dtype``, e.g. ``im2col_float32``."""
+    return f"{kernel}_{np.dtype(dtype).name}"
+
+
+def kernel_source_dirs():
+    """Where the ``.cu`` sources can be: the source checkout (which an editable install
+    uses), then the data folders a wheel installs them to (``share/minitorch_cnn/kernels``
+    under the environment's or the user's data path)."""
+    share = Path("share", "minitorch_cnn", "kernels")
+    return (Path(__file__).resolve().parents[2] / "kernels",
+            Path(sysconfig.get_path("data")) / share,
+            Path(sysconfig.get_path("data", f"{os.name}_user")) / share)
+
+
+def read_kernel_source(filename):
+    """The text of ``kernels/<filename>`` from the first folder that has it."""
+    dirs = kernel_source_dirs()
+    for folder in dirs:
+        path = folder / filename
+        if path.is_file():
+            return path.read_text(encoding="utf-8")
+    raise FileNotFoundError(f"CUDA kernel source {filename!r} not found; looked in "
+                            + ", ".join(str(d) for d in dirs))
+
+
+def launch_blocks(total):
+    """Blocks of THREADS_PER_BLOCK threads for ``total`` elements, one thread each,
+    capped at MAX_BLOCKS (the kernels' grid-stride loops cover the rest)."""
+    return min(-(-total // THREADS_PER_BLOCK), MAX_BLOCKS)
+
+
+def _geometry(x_shape, kh, kw, sh, sw, ph, pw, oh, ow):
+    """The (C, H, W, N, kh, kw, sh, sw, ph, pw, OH, OW) arguments every kernel takes, as the
+    C ``int``s the kernels declare (a Python int would be passed as a 64-bit value)."""
+    return tuple(np.int32(v) for v in (*x_shape, kh, kw, sh, sw, ph, pw, oh, ow))
+
+
+# ---- the backend ------------------------------------------------------------------------
+class CupyBackend(Backend):
+    """CuPy arrays; the image kernels of base.py replaced by CUDA kernels.
+
+    ``Backend.im2col(self, ...)`` (and likewise for the others) still runs the plain-CuPy
+    generic path, which the tests compare the kernels against.
+    """
+
+    def __init__(self, cupy):
+        super().__init__("cupy", cupy)
+
+    def to_numpy(self, array):
+        return self.xp.asnumpy(array)
+
+    def synchronize(self):
+        self.xp.cuda.get_current_stream().synchronize()
+
+    def seed(self, seed):
+        """Philox4x32-10 (PyTorch's CUDA generator too) rather than CuPy's default XORWOW:
+        training reseeds every step, and XORWOW's set-up skips every per-thread state
+        ahead by its thread index (cuRAND's documented slow path); Philox's is O(1)."""
+        self.rng = self.xp.random.Generator(self.xp.random.Philox4x3210(seed))
+
+    # ---- the CUDA kernels ---------------------------------------------------------------
+    def kernel(self, kernel, dtype):
+        """The compiled entry point of ``kernel`` for ``dtype`` (compiled on first use)."""
+        return _kernel_function(self.xp, kernel, np.dtype(dtype).name)
+
+    def compile_kernels(self):
+        """Compile every kernel now, e.g. so that a benchmark times no compilation."""
+        for kernel in KERNEL_SOURCES:
+            for dtype in KERNEL_DTYPES:
+                self.kernel(kernel, dtype)
+
+    def launch(self, kernel, dtype, total, args):
+        """Run ``kernel`` over ``total`` elements, one thread each, on the current stream."""
+        if total:
+            self.kernel(kernel, dtype)((launch_blocks(total),), (THREADS_PER_BLOCK,), args)
+
+    @staticmethod
+    def has_kernel(dtype, *sizes):
+        """Whether the CUDA kernels take a call: float32/float64, and arrays of these
+        sizes all indexable with 32-bit integers."""
+        return np.dtype(dtype).name in KERNEL_DTYPES and all(s < INDEX_LIMIT for s in sizes)
+
+    # ---- image ops (same contracts as base.Backend) ---------------------------------------
+    def im2col(self, x, kh, kw, sh, sw, ph, pw):
+        c, h, w, n = x.shape
+        oh, ow = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
+        shape = (c, kh, kw, oh, ow, n)
+        if not self.has_kernel(x.dtype, x.size, math.prod(shape)):
+            return super().im2col(x, kh, kw, sh, sw, ph, pw)
+        x = self.xp.ascontiguousarray(x)
+        cols = self.xp.empty(shape, dtype=x.dtype)
+        self.launch("im2col", x.dtype, cols.size,
+                    (x, cols) + _geometry(x.shape, kh, kw, sh, sw, ph, pw, oh, ow))
+        return cols
+
+    def col2im(self, cols, x_shape, sh, sw, ph, pw):
+        _, kh, kw, oh, ow, _ = cols.shape
+        dx_size = math.prod(x_shape)
+        if not self.has_kernel(cols.dtype, cols.size, dx_size):
+            return super().col2im(cols, x_shape, sh, sw, ph, pw)
+        cols = self.xp.ascontiguousarray(cols)
+        dx = self.xp.empty(x_shape, dtype=cols.dtype)
+        self.launch("col2im", cols.dtype, dx_size,
+                    (cols, dx) + _geometry(x_shape, kh, kw, sh, sw, ph, pw, oh, ow))
+        return dx
+
+    def max_pool(self, x, kh, kw, sh, sw, ph, pw):
+        """Window maxima and, as the routing for backward, the uint8 offset of each
+        window's first maximum (a kernel pays for an argmax; see base.Backend.max_pool)."""
+        c, h, w, n = x.shape
+        oh, ow = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
+        shape = (c, oh, ow, n)
+        if kh * kw > MAX_POOL_WINDOW_LIMIT or not self.has_kernel(x.dtype, x.size, math.prod(shape)):
+            return super().max_pool(x, kh, kw, sh, sw, ph, pw)
+        x = self.xp.ascontiguousarray(x)
+        out = self.xp.empty(shape, dtype=x.dtype)
+        arg = self.xp.empty(shape, dtype=np.uint8)
+        self.launch("max_pool", x.dtype, out.size,
+                    (x, out, arg) + _geometry(x.shape, kh, kw, sh, sw, ph, pw, oh, ow)
+                    + (x.dtype.type(-np.inf),))
+        return out, arg
+
+    def max_pool_backward(self, dout, routing, x_shape, kh, kw, sh, sw, ph, pw):
+        if not isinstance(routing, self.xp.ndarray):  # the generic forward's routing
+            return super().max_pool_backward(dout, routing, x_shape, kh, kw, sh, sw, ph, pw)
+        _, oh, ow, _ = dout.shape
+        dout = self.xp.ascontiguousarray(dout)
+        arg = self.xp.ascontiguousarray(routing)
+        dx = self.xp.empty(x_shape, dtype=dout.dtype)
+        self.launch("max_pool_backward", dout.dtype, dx.size,
+                    (dout, arg, dx) + _geometry(x_shape, kh, kw, sh, sw, ph, pw, oh, ow))
+        return dx
+
+
+@functools.lru_cache(maxsize=None)
+def _raw_module(cupy, filename):
+    """One RawModule per source file and process."""
+    return cupy.RawModule(code=read_kernel_source(filename), options=COMPILE_OPTIONS)
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel_function(cupy, kernel, dtype_name):
+    return _raw_module(cupy, KERNEL_SOURCES[kernel]).get_function(entry_point(kernel, dtype_name))
+
+
+# ---- construction: why the backend can or cannot run here ---------------------------------
+def create():
+    """The CuPy backend, or :class:`BackendUnavailable` saying why it cannot run here."""
+    cupy = _import_cupy()
+    _check_device(cupy)
+    _probe(cupy)
+    return CupyBackend(cupy)
+
+
+def _one_line(exc):
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+def _import_cupy():
+    try:
+        import cupy
+    except ModuleNotFoundError as exc:
+        if exc.name != "cupy":
+            raise BackendUnavailable(f"CuPy is installed but broken, it cannot import {exc.name!r} "
+                                     f"({_one_line(exc)}); reinstall it: {INSTALL_HINT}") from None
+        raise BackendUnavailable(f"CuPy is not installed; {INSTALL_HINT}") from None
+    except ImportError as exc:  # e.g. a CUDA library CuPy links against is missing
+        raise BackendUnavailable(f"CuPy is installed but fails to import ({_one_line(exc)}); "
+                                 f"reinstall the build for your CUDA version: {INSTALL_HINT}") from None
+    return cupy
+
+
+def _cuda_version(code):
+    """CUDA's version code (e.g. 12040) as text ("12.4")."""
+    return f"{code // 1000}.{code % 1000 // 10}"
+
+
+def _check_device(cupy):
+    runtime = cupy.cuda.runtime
+    try:
+        count = runtime.getDeviceCount()
+    except runtime.CUDARuntimeError as exc:
+        raise BackendUnavailable(_device_error_reason(runtime, exc)) from None
+    if count < 1:
+        raise BackendUnavailable("no CUDA device: cupy.cuda.runtime.getDeviceCount() found none")
+
+
+def _device_error_reason(runtime, exc):
+    status = getattr(exc, "status", None)
+    if status == CUDA_ERROR_INSUFFICIENT_DRIVER:
+        driver = runtime.driverGetVersion()
+        if driver == 0:  # what the runtime reports when no NVIDIA driver is loaded at all
+            return f"no CUDA device: no NVIDIA driver found ({_one_line(exc)})"
+        needed = runtime.runtimeGetVersion()
+        return (f"NVIDIA driver too old: it supports CUDA up to {_cuda_version(driver)}, but this "
+                f"CuPy is built for CUDA {_cuda_version(needed)}; update the driver, or install "
+                f"the CuPy build for CUDA {driver // 1000}: {INSTALL_HINT}")
+    if status == CUDA_ERROR_NO_DEVICE:
+        return f"no CUDA device ({_one_line(exc)})"
+    return f"no usable CUDA device ({_one_line(exc)})"
+
+
+def _probe(cupy):
+    """Compile and run a tiny kernel and a matrix product: the backend would fail on its
+    first op otherwise (no NVRTC library, a cuBLAS mismatch, a GPU too new for this CuPy)."""
+    try:
+        x = cupy.zeros(32, dtype=cupy.float32)
+        cupy.RawKernel(_PROBE_SOURCE, "mt_probe")((1,), (32,), (x,))
+        y = x.reshape(4, 8) @ x.reshape(8, 4)
+        ok = bool((y == 8).all())  # the one host round trip, at start-up
+    except Exception as exc:  # anything here means a broken CUDA stack; say what broke
+        raise BackendUnavailable(f"CuPy is installed but broken: a tiny CUDA kernel failed to "
+                                 f"compile or run ({_one_line(exc)}); {INSTALL_HINT}") from None
+    if not ok:
+        raise BackendUnavailable("CuPy is installed but broken: a tiny CUDA kernel ran but "
+                                 "computed a wrong result")

@@ -1,0 +1,273 @@
+"""The CUDA kernels of kernels/*.cu, checked three ways.
+
+1. Compilation: every source compiles with ``nvcc -ptx`` (warnings are errors) and
+   exports exactly the entry points the CuPy backend looks up. Skips without nvcc.
+2. On the CPU, without a GPU: the same sources, compiled as C++ by g++ with a few
+   lines standing in for the CUDA built-ins (one block of one thread, so each
+   kernel's grid-stride loop visits every element), run behind the CuPy backend's own
+   kernel methods on NumPy arrays. This checks the kernels' index arithmetic and the
+   backend's argument marshalling against the generic NumPy path. Skips without g++.
+3. On a GPU: the same tests through CuPy, each kernel against the plain-CuPy generic
+   path it replaces (``Backend.im2col(backend, ...)`` and so on). Skips without CuPy
+   or a CUDA device, with the reason.
+
+Every comparison is exact: the kernels copy, compare, and add in the generic path's
+order (see the comments in the sources). The max-pool argmax, which the generic path
+does not keep, is checked against the first maximum found in the generic window view.
+"""
+import ctypes
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from minitorch_cnn import backends
+from minitorch_cnn.backends import cupy_backend
+from minitorch_cnn.backends.base import Backend, BackendUnavailable
+
+KERNEL_DIR = Path(__file__).resolve().parents[1] / "kernels"
+SOURCES = sorted(KERNEL_DIR.glob("*.cu"))
+DTYPES = [np.float32, np.float64]
+
+# ---------------------------------------------------------------- 1. nvcc compilation
+NVCC = shutil.which("nvcc")
+
+
+def test_every_kernel_source_is_known_to_the_backend():
+    assert SOURCES, f"no CUDA sources in {KERNEL_DIR}"
+    assert {p.name for p in SOURCES} == set(cupy_backend.KERNEL_SOURCES.values())
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc not found on PATH: CUDA sources not compile-checked")
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.name)
+def test_kernel_source_compiles_with_nvcc(source, tmp_path):
+    ptx = tmp_path / (source.stem + ".ptx")
+    options = [*cupy_backend.COMPILE_OPTIONS, "-Werror", "all-warnings"]
+    run = subprocess.run([NVCC, "-ptx", "-arch=sm_80", *options, "-o", str(ptx), str(source)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, f"nvcc failed on {source.name}:\n{run.stderr}"
+    entries = set(re.findall(r"\.entry\s+(\w+)\s*\(", ptx.read_text()))
+    expected = {cupy_backend.entry_point(kernel, dtype)
+                for kernel, file in cupy_backend.KERNEL_SOURCES.items() if file == source.name
+                for dtype in cupy_backend.KERNEL_DTYPES}
+    assert entries == expected
+
+
+# ------------------------------------------------------- 2. the kernels on the CPU (g++)
+# Host stand-ins for the CUDA keywords and built-in variables the kernels use.
+HOST_SHIM = """\
+#define __global__
+#define __device__
+struct mt_dim3 { unsigned x, y, z; };
+static const mt_dim3 threadIdx = {0, 0, 0}, blockIdx = {0, 0, 0};
+static const mt_dim3 blockDim = {1, 1, 1}, gridDim = {1, 1, 1};
+"""
+
+
+def _c_argument(value):
+    if isinstance(value, np.ndarray):
+        return ctypes.c_void_p(value.ctypes.data)
+    return np.ctypeslib.as_ctypes_type(value.dtype)(value.item())
+
+
+class HostKernels(cupy_backend.CupyBackend):
+    """The CuPy backend's kernel methods on NumPy arrays; each launch runs the kernel's
+    source, compiled for the CPU, as a single thread."""
+
+    def __init__(self, library):
+        super().__init__(np)
+        self.library = library
+        self.launches = []
+
+    # NumPy arrays: the generic host-side methods, not CuPy's
+    to_numpy = Backend.to_numpy
+    seed = Backend.seed
+
+    def launch(self, kernel, dtype, total, args):
+        self.launches.append(kernel)
+        function = getattr(self.library, cupy_backend.entry_point(kernel, dtype))
+        c_args = [_c_argument(a) for a in args]
+        function.argtypes = [type(a) for a in c_args]
+        function.restype = None
+        function(*c_args)
+
+
+@pytest.fixture(scope="module")
+def host_library(tmp_path_factory):
+    compiler = shutil.which("g++")
+    if compiler is None:
+        pytest.skip("no C++ compiler (g++) to run the CUDA kernels on the CPU")
+    folder = tmp_path_factory.mktemp("host_kernels")
+    shim, library = folder / "cuda_host_shim.h", folder / "kernels.so"
+    shim.write_text(HOST_SHIM)
+    run = subprocess.run([compiler, "-O1", "-shared", "-fPIC", "-x", "c++", "-include", str(shim),
+                          "-o", str(library), *map(str, SOURCES)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, f"g++ failed on the kernel sources:\n{run.stderr}"
+    return ctypes.CDLL(str(library))
+
+
+# ------------------------------------------------------- 3. the kernels on a GPU (CuPy)
+@pytest.fixture(params=["host", "cuda"])
+def kernels(request):
+    """A backend whose image ops run the CUDA kernels: on the CPU, or on a GPU."""
+    if request.param == "host":
+        return HostKernels(request.getfixturevalue("host_library"))
+    try:
+        return backends.get_backend_by_name("cupy")
+    except BackendUnavailable as exc:
+        pytest.skip(f"no CUDA GPU/CuPy: {exc}")
+
+
+# ------------------------------------------------------------------- shared test cases
+# (C, H, W, N, kh, kw, sh, sw, ph, pw): odd sizes, strides 1-3, padding 0-2, kernels 1-5
+WINDOWS = [
+    (1, 1, 1, 1, 1, 1, 1, 1, 0, 0),
+    (2, 5, 7, 3, 3, 3, 1, 1, 1, 1),
+    (3, 9, 6, 5, 2, 2, 2, 2, 0, 0),
+    (1, 7, 7, 2, 3, 3, 2, 2, 1, 1),
+    (2, 11, 9, 3, 5, 5, 1, 1, 2, 2),
+    (3, 8, 10, 1, 4, 2, 2, 1, 2, 1),
+    (2, 9, 9, 4, 3, 5, 3, 2, 0, 2),
+    (1, 6, 13, 7, 1, 3, 1, 2, 0, 1),
+    (4, 5, 5, 2, 5, 5, 2, 2, 2, 2),
+    (2, 10, 10, 3, 2, 2, 3, 3, 0, 0),  # stride > kernel: some pixels in no window
+]
+# Max pooling also needs padding <= half the kernel (as PyTorch and nn.functional require).
+POOL_WINDOWS = [w for w in WINDOWS if w[8] <= w[4] // 2 and w[9] <= w[5] // 2]
+
+
+def _ids(case):
+    c, h, w, n, kh, kw, sh, sw, ph, pw = case
+    return f"x{c}x{h}x{w}x{n}-k{kh}x{kw}-s{sh}x{sw}-p{ph}x{pw}"
+
+
+def _rng(case, dtype):
+    return np.random.default_rng([*case, np.dtype(dtype).itemsize])
+
+
+def _assert_same(kernel_out, generic_out, be):
+    got, want = be.to_numpy(kernel_out), be.to_numpy(generic_out)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("case", WINDOWS, ids=_ids)
+def test_im2col_and_col2im_match_the_generic_path(kernels, case, dtype):
+    c, h, w, n, kh, kw, sh, sw, ph, pw = case
+    rng = _rng(case, dtype)
+    x = kernels.asarray(rng.standard_normal((c, h, w, n)).astype(dtype))
+    cols = kernels.im2col(x, kh, kw, sh, sw, ph, pw)
+    _assert_same(cols, Backend.im2col(kernels, x, kh, kw, sh, sw, ph, pw), kernels)
+
+    dcols = kernels.asarray(rng.standard_normal(cols.shape).astype(dtype))
+    dx = kernels.col2im(dcols, x.shape, sh, sw, ph, pw)
+    _assert_same(dx, Backend.col2im(kernels, dcols, x.shape, sh, sw, ph, pw), kernels)
+
+
+def _pool_input(rng, shape, values, dtype):
+    if values == "ties":  # few distinct values: most windows hold several maxima
+        return rng.integers(-1, 2, size=shape).astype(dtype)
+    if values == "negative":  # padding (-inf) must never win, zero padding would
+        return -1 - rng.random(shape).astype(dtype)
+    x = rng.standard_normal(shape).astype(dtype)
+    if values == "nan":
+        x[rng.random(shape) < 0.05] = np.nan
+    return x
+
+
+def _first_argmax(be, x, out, kh, kw, sh, sw, ph, pw):
+    """Offset i*kw + j of each window's first maximum, from the generic window view."""
+    c, oh, ow, n = out.shape
+    win = be.windows(be.pad(x, ph, pw, -np.inf), kh, kw, sh, sw, oh, ow)
+    hits = (win == out[:, None, None]).reshape(c, kh * kw, oh, ow, n)
+    return hits.argmax(axis=1).astype(np.uint8)
+
+
+@pytest.mark.parametrize("values", ["random", "ties", "negative"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("case", POOL_WINDOWS, ids=_ids)
+def test_max_pool_and_backward_match_the_generic_path(kernels, case, dtype, values):
+    c, h, w, n, kh, kw, sh, sw, ph, pw = case
+    window = (kh, kw, sh, sw, ph, pw)
+    rng = _rng(case, dtype)
+    x = kernels.asarray(_pool_input(rng, (c, h, w, n), values, dtype))
+    out, arg = kernels.max_pool(x, *window)
+    want_out, routing = Backend.max_pool(kernels, x, *window)
+    _assert_same(out, want_out, kernels)
+    _assert_same(arg, _first_argmax(kernels, x, want_out, *window), kernels)
+
+    dout = kernels.asarray(rng.standard_normal(out.shape).astype(dtype))
+    _assert_same(kernels.max_pool_backward(dout, arg, x.shape, *window),
+                 Backend.max_pool_backward(kernels, dout, routing, x.shape, *window), kernels)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_max_pool_propagates_nan(kernels, dtype):
+    rng = np.random.default_rng(11)
+    x = kernels.asarray(_pool_input(rng, (3, 9, 9, 4), "nan", dtype))
+    out, _ = kernels.max_pool(x, 3, 3, 2, 2, 1, 1)
+    want = kernels.to_numpy(Backend.max_pool(kernels, x, 3, 3, 2, 2, 1, 1)[0])
+    assert np.isnan(want).any() and not np.isnan(want).all()
+    _assert_same(out, want, kernels)
+
+
+def test_kernels_cover_more_elements_than_one_grid(kernels):
+    """Arrays of more elements than a capped grid has threads: on a GPU every kernel's
+    grid-stride loop must take more than one step."""
+    grid = cupy_backend.MAX_BLOCKS * cupy_backend.THREADS_PER_BLOCK
+    rng = np.random.default_rng(7)
+    x = kernels.asarray(rng.standard_normal((4, 64, 64, 160), dtype=np.float32))
+    assert x.size > grid
+    cols = kernels.im2col(x, 2, 2, 2, 2, 0, 0)
+    assert cols.size > grid
+    _assert_same(cols, Backend.im2col(kernels, x, 2, 2, 2, 2, 0, 0), kernels)
+    _assert_same(kernels.col2im(cols, x.shape, 2, 2, 0, 0),
+                 Backend.col2im(kernels, cols, x.shape, 2, 2, 0, 0), kernels)
+    out, arg = kernels.max_pool(x, 3, 3, 1, 1, 1, 1)
+    assert out.size > grid
+    want_out, routing = Backend.max_pool(kernels, x, 3, 3, 1, 1, 1, 1)
+    _assert_same(out, want_out, kernels)
+    _assert_same(kernels.max_pool_backward(out, arg, x.shape, 3, 3, 1, 1, 1, 1),
+                 Backend.max_pool_backward(kernels, out, routing, x.shape, 3, 3, 1, 1, 1, 1), kernels)
+
+
+# ------------------------------------------------------------ what the kernels don't take
+def test_other_dtypes_and_large_pool_windows_take_the_generic_path(host_library):
+    be = HostKernels(host_library)
+    rng = np.random.default_rng(3)
+    half = rng.standard_normal((2, 6, 6, 3)).astype(np.float16)
+    _assert_same(be.im2col(half, 3, 3, 1, 1, 1, 1), Backend.im2col(be, half, 3, 3, 1, 1, 1, 1), be)
+    out, routing = be.max_pool(half, 2, 2, 2, 2, 0, 0)
+    _assert_same(out, Backend.max_pool(be, half, 2, 2, 2, 2, 0, 0)[0], be)
+    dout = np.ones_like(out)
+    _assert_same(be.max_pool_backward(dout, routing, half.shape, 2, 2, 2, 2, 0, 0),
+                 Backend.max_pool_backward(be, dout, routing, half.shape, 2, 2, 2, 2, 0, 0), be)
+    assert be.launches == []
+    # a 17x17 window has offsets up to 288, more than a uint8 argmax holds
+    x = rng.standard_normal((1, 17, 17, 2)).astype(np.float32)
+    out, routing = be.max_pool(x, 17, 17, 1, 1, 0, 0)
+    _assert_same(be.max_pool_backward(np.ones_like(out), routing, x.shape, 17, 17, 1, 1, 0, 0),
+                 Backend.max_pool_backward(be, np.ones_like(out), routing, x.shape, 17, 17, 1, 1, 0, 0), be)
+    assert be.launches == []
+    be.max_pool(x, 16, 16, 1, 1, 0, 0)  # offsets up to 255: the kernel's
+    assert be.launches == ["max_pool"]
+
+
+def test_has_kernel_limits():
+    has = cupy_backend.CupyBackend.has_kernel
+    assert has(np.float32, 10, 2 ** 31 - 1) and has("float64", 1)
+    assert not has(np.float16, 10)
+    assert not has(np.int64, 10)
+    assert not has(np.float32, 10, 2 ** 31)  # beyond the kernels' 32-bit indexing
+
+
+@pytest.mark.parametrize("total, blocks", [(1, 1), (256, 1), (257, 2), (256 * 1000, 1000),
+                                            (2 ** 31 - 1, cupy_backend.MAX_BLOCKS)])
+def test_launch_blocks(total, blocks):
+    assert cupy_backend.THREADS_PER_BLOCK == 256
+    assert cupy_backend.launch_blocks(total) == blocks
