@@ -11,7 +11,9 @@ import importlib
 import numpy as np
 
 from .base import Backend, BackendUnavailable
+from .host_memory import keep_freed_memory
 
+keep_freed_memory()
 _BACKENDS = {"numpy": Backend("numpy", np)}
 _current = [_BACKENDS["numpy"]]
 _last_seed = [None]
