@@ -51,7 +51,7 @@ class DataLoader:
         elif x.ndim != 4:
             raise ValueError(f"images must be (N, H, W) or (N, C, H, W), got shape {x.shape}")
         kind = np.dtype(x.dtype).kind
-        out = x.astype(xp.float32, order="C")  # C order: every batch gather reads contiguous images  # the one conversion: a new float32 array
+        out = x.astype(xp.float32, order="C")  # the one conversion; C order keeps batch gathers contiguous
         if kind in "uib":
             out /= xp.float32(255)
         if mean is not None or std is not None:
