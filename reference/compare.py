@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 
+from minitorch_cnn.checkpoint import atomic_write
 from minitorch_cnn.models import MODELS
 
 __all__ = ["FRAMEWORKS", "parse_models", "child_environment", "commands", "format_table",
@@ -141,9 +142,7 @@ def compare(pairs, out_dir, threads, extra=()):
             threads, " and ".join(OPENBLAS_PINS), ROOT), "",
         "```", *ran, "```", ""])
     path = os.path.join(out_dir, "compare.md")
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
+    atomic_write(path, lambda f: f.write(text.encode()))
     return text
 
 

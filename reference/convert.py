@@ -17,17 +17,18 @@ the weights load into that zoo model.
 import argparse
 import os
 import sys
-import tempfile
 import zipfile
 
 import numpy as np
 import torch
 
+from minitorch_cnn.checkpoint import MODEL_PREFIX, atomic_write
+
 __all__ = ["CHECKPOINT_PREFIX", "to_torch", "from_torch", "save_npz", "load_npz", "save_pth",
            "load_pth", "copy_weights", "load_state", "save_state", "main"]
 
 #: Prefix of the model's entries in a ``minitorch_cnn.train`` checkpoint.
-CHECKPOINT_PREFIX = "model/"
+CHECKPOINT_PREFIX = MODEL_PREFIX
 NPZ_EXTENSIONS = (".npz",)
 # What np.load raises for a file that is not a (complete, pickle-free) .npz archive.
 _UNREADABLE = (ValueError, OSError, EOFError, zipfile.BadZipFile)
@@ -67,22 +68,6 @@ def from_torch(torch_state):
     return {key: _numpy_copy(value) for key, value in _state_of(torch_state).items()}
 
 
-def _atomic_write(path, write):
-    """Call ``write(file)`` on a temporary file next to ``path``, then rename it into
-    place, so a crash never leaves a truncated file under the final name."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def save_npz(path, state):
     """Write a state dict (or a model's) to ``path`` as an uncompressed ``.npz``, atomically."""
     arrays = {}
@@ -90,7 +75,7 @@ def save_npz(path, state):
         if value.dtype == object:
             raise TypeError(f"{path}: state entry {key!r} is not a numeric array")
         arrays[key] = value
-    _atomic_write(path, lambda f: np.savez(f, **arrays))
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def load_npz(path):
@@ -119,7 +104,7 @@ def save_pth(path, torch_state):
     """Write a state dict (torch tensors, NumPy arrays, or a model's) with ``torch.save``,
     atomically."""
     tensors = to_torch(torch_state)
-    _atomic_write(path, lambda f: torch.save(tensors, f))
+    atomic_write(path, lambda f: torch.save(tensors, f))
 
 
 def load_pth(path):
