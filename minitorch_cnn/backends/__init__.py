@@ -10,11 +10,11 @@ import importlib
 
 import numpy as np
 
-from .base import BackendUnavailable, HostBackend
+from .base import Backend, BackendUnavailable
 from .host_memory import keep_freed_memory
 
 keep_freed_memory()
-_BACKENDS = {"numpy": HostBackend("numpy", np)}
+_BACKENDS = {"numpy": Backend("numpy", np)}
 _current = [_BACKENDS["numpy"]]
 _last_seed = [None]
 # Lazily built backends: importing minitorch_cnn must never import CuPy.
@@ -81,12 +81,3 @@ def host_rng():
     """The NumPy generator that draws initial weights, so they match across backends."""
     return _BACKENDS["numpy"].rng
 
-
-def set_num_threads(threads):
-    """Threads the NumPy backend's image kernels use (PyTorch's name). BLAS keeps its
-    own setting: use threadpoolctl or OPENBLAS_NUM_THREADS for the matrix products."""
-    _BACKENDS["numpy"].set_num_threads(threads)
-
-
-def get_num_threads():
-    return _BACKENDS["numpy"].threads

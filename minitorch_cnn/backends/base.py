@@ -11,8 +11,6 @@ layout is only a matter of strides.
 The generic bodies below use only ``self.xp`` and so run on NumPy and CuPy alike;
 the CuPy backend replaces some of them with CUDA kernels from ``kernels/``.
 """
-import os
-from concurrent.futures import ThreadPoolExecutor
 
 
 class BackendUnavailable(RuntimeError):
@@ -77,41 +75,31 @@ class Backend:
         """Rows and columns of the input pixels that kernel offset (i, j) reads."""
         return slice(i, i + sh * (oh - 1) + 1, sh), slice(j, j + sw * (ow - 1) + 1, sw)
 
-    def for_ranges(self, body, count, nbytes):
-        """Run ``body(start, stop)`` over ``range(count)``; every image kernel below is
-        independent per channel, so a backend may split the range across threads.
-        Here: one call (a GPU parallelises inside each array operation)."""
-        body(0, count)
-
     def im2col(self, x, kh, kw, sh, sw, ph, pw):
         """Columns (C, kh, kw, OH, OW, N), contiguous: the padded input once, then one copy."""
         _, h, w, _ = x.shape
         oh, ow = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
-        win = self.windows(self.pad(x, ph, pw), kh, kw, sh, sw, oh, ow)
-        cols = self.xp.empty(win.shape, dtype=x.dtype)
-        # Split by channel; a one-channel input (the first layer) by kernel row instead.
-        by_row = win.shape[0] == 1
-
-        def copy(a, b):
-            part = (slice(None), slice(a, b)) if by_row else slice(a, b)
-            cols[part] = win[part]
-
-        self.for_ranges(copy, kh if by_row else win.shape[0], cols.nbytes)
-        return cols
+        return self.xp.ascontiguousarray(
+            self.windows(self.pad(x, ph, pw), kh, kw, sh, sw, oh, ow))
 
     def col2im(self, cols, x_shape, sh, sw, ph, pw):
         """Adjoint of im2col: scatter-add columns (C, kh, kw, OH, OW, N) back to (C, H, W, N)."""
         c, h, w, n = x_shape
         _, kh, kw, oh, ow, _ = cols.shape
-        dx = self.xp.zeros((c, h + 2 * ph, w + 2 * pw, n), dtype=cols.dtype)
+        # With stride 1, kernel offset (0, 0) covers one block, [:OH, :OW]: it is copied
+        # there instead of added to zeros, and only the rest is zero-filled.
+        dense = sh == 1 and sw == 1
+        padded = (c, h + 2 * ph, w + 2 * pw, n)
+        dx = (self.xp.empty if dense else self.xp.zeros)(padded, dtype=cols.dtype)
 
-        def scatter(a, b):
-            for i in range(kh):
-                for j in range(kw):
-                    rows, columns = self.window_slice(i, j, sh, sw, oh, ow)
-                    dx[a:b, rows, columns] += cols[a:b, i, j]
-
-        self.for_ranges(scatter, c, cols.nbytes)
+        if dense:
+            dx[:, oh:] = 0
+            dx[:, :oh, ow:] = 0
+            dx[:, :oh, :ow] = cols[:, 0, 0]
+        for k in range(1 if dense else 0, kh * kw):
+            i, j = k // kw, k % kw
+            rows, columns = self.window_slice(i, j, sh, sw, oh, ow)
+            dx[:, rows, columns] += cols[:, i, j]
         return dx[:, ph:ph + h, pw:pw + w]
 
     def max_pool(self, x, kh, kw, sh, sw, ph, pw):
@@ -125,38 +113,48 @@ class Backend:
         oh, ow = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
         xpad = self.pad(x, ph, pw, -self.xp.inf)
         win = self.windows(xpad, kh, kw, sh, sw, oh, ow)
-        out = self.xp.empty((c, oh, ow, n), dtype=x.dtype)
-
-        def pool(a, b):
-            part = out[a:b]
-            self.xp.copyto(part, win[a:b, 0, 0])
-            for k in range(1, kh * kw):
-                self.xp.maximum(part, win[a:b, k // kw, k % kw], out=part)
-
-        self.for_ranges(pool, c, x.nbytes)
+        out = win[:, 0, 0].copy()
+        for k in range(1, kh * kw):
+            self.xp.maximum(out, win[:, k // kw, k % kw], out=out)
         return out, (xpad, out)
 
     def max_pool_backward(self, dout, routing, x_shape, kh, kw, sh, sw, ph, pw):
         """Send each window's gradient to its first maximum in row-major order
         (PyTorch's rule; ties are everywhere on real images: the zero background).
-        Window elements are visited in that order; the first one equal to the maximum
-        takes what gradient is left, which leaves none for any later tie."""
+        Window elements are visited in that order; an element takes the window's
+        gradient if it equals the maximum and no earlier element did. "No earlier
+        element did" is kept as a boolean array: a quarter of a float's memory traffic."""
+        xp = self.xp
         xpad, out = routing
         c, h, w, n = x_shape
         _, oh, ow, _ = dout.shape
         win = self.windows(xpad, kh, kw, sh, sw, oh, ow)
-        dx = self.xp.zeros(xpad.shape, dtype=dout.dtype)
+        # Windows that do not overlap write each input element at most once, so the
+        # shares go straight into dx with out=; only what no window covers needs zeros.
+        disjoint = sh >= kh and sw >= kw
+        if disjoint and (sh, sw) == (kh, kw):
+            dx = xp.empty(xpad.shape, dtype=dout.dtype)
+            dx[:, kh * oh:] = 0
+            dx[:, :kh * oh, kw * ow:] = 0
+        else:
+            dx = xp.zeros(xpad.shape, dtype=dout.dtype)
 
-        def route(a, b):
-            left = dout[a:b].copy()
-            for k in range(kh * kw):
-                i, j = k // kw, k % kw
-                share = left * (win[a:b, i, j] == out[a:b])
-                rows, columns = self.window_slice(i, j, sh, sw, oh, ow)
-                dx[a:b, rows, columns] += share
-                left -= share
-
-        self.for_ranges(route, c, dx.nbytes)
+        is_max = None
+        share = None if disjoint else xp.empty(out.shape, dtype=dout.dtype)
+        for k in range(kh * kw):
+            i, j = k // kw, k % kw
+            is_max = xp.equal(win[:, i, j], out, out=is_max)
+            if k == 0:
+                taken = is_max.copy()
+            else:
+                xp.greater(is_max, taken, out=is_max)  # a maximum, and the first one
+                if k < kh * kw - 1:
+                    taken |= is_max
+            rows, columns = self.window_slice(i, j, sh, sw, oh, ow)
+            if disjoint:
+                xp.multiply(dout, is_max, out=dx[:, rows, columns])
+            else:
+                dx[:, rows, columns] += xp.multiply(dout, is_max, out=share)
         return dx[:, ph:ph + h, pw:pw + w]
 
     def avg_pool(self, x, kh, kw, sh, sw, ph, pw):
@@ -176,44 +174,3 @@ class Backend:
                 dx[:, rows, columns] += share
         return dx[:, ph:ph + h, pw:pw + w]
 
-
-class HostBackend(Backend):
-    """The NumPy backend: splits the image kernels by channel across a thread pool.
-
-    NumPy runs each operation on one core but releases the GIL inside it, so two
-    threads copying or comparing two halves of the channels run on two cores. The
-    matrix products already use BLAS's own threads; everything between them would
-    otherwise use one core of several."""
-
-    # Below this many bytes of work, handing off to a thread costs more than it saves.
-    PARALLEL_MIN_BYTES = 1 << 20
-
-    def __init__(self, name, xp):
-        super().__init__(name, xp)
-        self._pool = None
-        self.set_num_threads(_available_cores())
-
-    def set_num_threads(self, threads):
-        if int(threads) < 1:
-            raise ValueError(f"the number of threads must be at least 1, got {threads}")
-        self.threads = int(threads)
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-        self._pool = ThreadPoolExecutor(self.threads - 1) if self.threads > 1 else None
-
-    def for_ranges(self, body, count, nbytes):
-        parts = min(self.threads, count)
-        if parts < 2 or nbytes < self.PARALLEL_MIN_BYTES:
-            return body(0, count)
-        bounds = [count * p // parts for p in range(parts + 1)]
-        helpers = [self._pool.submit(body, a, b) for a, b in zip(bounds[1:-1], bounds[2:])]
-        body(bounds[0], bounds[1])
-        for h in helpers:
-            h.result()
-
-
-def _available_cores():
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1

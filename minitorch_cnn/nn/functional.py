@@ -20,6 +20,20 @@ def _nchw(a):
     return a.transpose(3, 0, 1, 2)
 
 
+# Row sums and per-row dot products of (rows, columns) matrices, as matrix products:
+# BLAS runs them 2-5x faster than NumPy's a.sum(axis=1) and einsum on activation-sized
+# rows. The dot products also come out more accurate than einsum's; the sums somewhat
+# less than NumPy's pairwise sum (3e-7 against 7e-8 relative, measured), which is why
+# BatchNorm's gradient sum, whose true mean cancels, keeps a.sum(axis=1).
+def _row_sum(a):
+    return a @ backends.get_array_module(a).ones(a.shape[1], dtype=a.dtype)
+
+
+def _row_dot(a, b):
+    """Per-row dot products, without a temporary of a's size."""
+    return (a[:, None, :] @ b[:, :, None]).reshape(a.shape[0])
+
+
 def _pair(value, name):
     pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
     if len(pair) != 2 or not all(isinstance(v, int) and v >= 0 for v in pair):
@@ -82,7 +96,7 @@ class Conv2d(Function):
             # operand order 1.2-2x faster for these long-K, narrow shapes (measured).
             gw = (self.cols @ gc.T).T.reshape(g.shape[1], x_shape[0], kh, kw)
         if self.has_bias:
-            return gx, gw, gc.sum(axis=1) if self.needs_grad[2] else None
+            return gx, gw, _row_sum(gc) if self.needs_grad[2] else None
         return gx, gw
 
 
@@ -222,14 +236,13 @@ def _from_channel_rows(rows, x_shape):
     return rows.T
 
 
-def _row_dot(a, b):
-    """Per-row dot products, without a temporary of a's size."""
-    return backends.get_array_module(a).einsum("ij,ij->i", a, b)
-
-
 class BatchNorm(Function):
     """Per-channel normalisation, computed on (C, everything-else) rows so each
-    channel's statistics are one contiguous reduction; in-place where it saves passes."""
+    channel's statistics are one contiguous reduction. The activations are large and
+    the work per element tiny, so the code saves full-size passes: forward keeps only
+    the centered input ``xc`` (``xhat = xc * inv_std`` is never materialised) and
+    folds inv_std and the weight into one per-channel scale; backward takes every
+    per-channel sum from ``g`` and ``xc`` directly, never forming ``g * weight``."""
 
     def forward(self, x, *affine, running_mean, running_var, training, momentum, eps):
         xp = backends.get_array_module(x)
@@ -240,9 +253,9 @@ class BatchNorm(Function):
             if count < 2 and training:
                 raise ValueError("batch_norm: expected more than 1 value per channel when "
                                  f"training, got input of shape {tuple(x.shape)}")
-            mean = rows.mean(axis=1)
-            xhat = rows - mean[:, None]
-            var = _row_dot(xhat, xhat) / count
+            mean = _row_sum(rows) / count
+            xc = rows - mean[:, None]
+            var = _row_dot(xc, xc) / count  # two-pass (centered): exact for any mean
             if training and running_mean is not None:
                 # Running statistics: momentum 0.1 by default, unbiased variance (PyTorch).
                 running_mean *= 1 - momentum
@@ -250,35 +263,39 @@ class BatchNorm(Function):
                 running_var *= 1 - momentum
                 running_var += momentum * var * (count / (count - 1))
         else:
-            xhat = rows - running_mean[:, None]
+            xc = rows - running_mean[:, None]
             var = running_var
         self.inv_std = (1 / xp.sqrt(var + eps)).astype(x.dtype, copy=False)
-        xhat *= self.inv_std[:, None]
-        self.xhat = xhat
+        self.xc = xc
         self.weight = affine[0] if affine else None
-        if not affine:
-            return _from_channel_rows(xhat, x.shape)
-        out = xhat * affine[0][:, None]
-        out += affine[1][:, None]
+        scale = self.inv_std if not affine else self.inv_std * affine[0]
+        out = xp.multiply(xc, scale[:, None])
+        if affine:
+            out += affine[1][:, None]
         return _from_channel_rows(out, x.shape)
 
     def backward(self, g):
-        xhat, inv_std = self.xhat, self.inv_std
+        xp = backends.get_array_module(g)
+        xc, inv_std = self.xc, self.inv_std
         rows = _channel_rows(g)
-        gxhat = rows * self.weight[:, None] if self.weight is not None else rows
+        count = rows.shape[1]
+        # Per-channel sums of g and g * xhat; those of gxhat = g * weight follow from them.
+        g_sum = rows.sum(axis=1)  # pairwise, not _row_sum: see there
+        g_xhat = _row_dot(rows, xc) * inv_std
+        scale = inv_std if self.weight is None else inv_std * self.weight
         if self.use_batch:
             # dx = inv_std * (gxhat - mean(gxhat) - xhat * mean(gxhat * xhat))
-            count = rows.shape[1]
-            gx = xhat * (-_row_dot(gxhat, xhat) / count)[:, None]
-            gx += gxhat
-            gx -= (gxhat.sum(axis=1) / count)[:, None]
-            gx *= inv_std[:, None]
+            #    = scale * (g - mean(g) - xc * inv_std * mean(g * xhat))
+            gx = xp.multiply(xc, (-inv_std * g_xhat / count)[:, None])
+            gx += rows
+            gx -= (g_sum / count)[:, None]
+            gx *= scale[:, None]
         else:
-            gx = gxhat * inv_std[:, None]
+            gx = xp.multiply(rows, scale[:, None])
         gx = _from_channel_rows(gx, self.x_shape)
         if self.weight is None:
             return gx
-        return gx, _row_dot(rows, xhat), rows.sum(axis=1)
+        return gx, g_xhat, g_sum
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
