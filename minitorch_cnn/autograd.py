@@ -50,8 +50,9 @@ class Function:
         arrays = [t.data for t in tensors]
         _check_same_backend(arrays)
         fn = cls()
-        fn.needs_grad = [t.requires_grad for t in tensors]
-        record = is_grad_enabled() and any(fn.needs_grad)
+        # Under no_grad nothing needs a gradient, so forward saves nothing for backward.
+        fn.needs_grad = [t.requires_grad and is_grad_enabled() for t in tensors]
+        record = any(fn.needs_grad)
         out = fn.forward(*arrays, **options)
         if not hasattr(out, "ndim") or isinstance(out, np.generic):
             out = np.asarray(out)  # NumPy reductions give scalars; a Tensor holds an array

@@ -62,7 +62,8 @@ def _window(x, kernel, stride, padding, op):
 
 # ---- convolution -------------------------------------------------------------------
 class Conv2d(Function):
-    """im2col + one matrix product; backward is the transposed products + col2im."""
+    """im2col + a matrix product (``Backend.conv2d``); backward is the transposed
+    products + col2im."""
 
     def forward(self, x, w, *bias, stride, padding):
         cout, cin, kh, kw = w.shape
@@ -71,18 +72,13 @@ class Conv2d(Function):
         _, _, sh, sw, ph, pw = _window(x, (kh, kw), stride, padding, "conv2d")
         be = backends.backend_of(x)
         xc = _chwn(x)
-        cols = be.im2col(xc, kh, kw, sh, sw, ph, pw)  # (C, kh, kw, OH, OW, N)
-        oh, ow, n = cols.shape[3:]
-        cols = cols.reshape(cin * kh * kw, oh * ow * n)
         w2 = w.reshape(cout, -1)
-        out = w2 @ cols
-        if bias:
-            out += bias[0][:, None]
-        self.geometry = xc.shape, (kh, kw, sh, sw, ph, pw), (oh, ow, n)
-        self.cols = cols if self.needs_grad[1] else None
+        out, self.cols = be.conv2d(xc, w2, bias[0] if bias else None, kh, kw, sh, sw, ph, pw,
+                                   keep_cols=self.needs_grad[1])
+        self.geometry = xc.shape, (kh, kw, sh, sw, ph, pw), out.shape[1:]
         self.w2 = w2 if self.needs_grad[0] else None
         self.has_bias = bool(bias)
-        return _nchw(out.reshape(cout, oh, ow, n))
+        return _nchw(out)
 
     def backward(self, g):
         x_shape, (kh, kw, sh, sw, ph, pw), (oh, ow, n) = self.geometry

@@ -1,0 +1,60 @@
+"""Backend.conv2d's cache blocking: a product built one block of output rows at a time
+equals the single product, with and without keeping the columns for backward."""
+import numpy as np
+import pytest
+import torch
+
+import minitorch_cnn as mt
+import minitorch_cnn.nn.functional as F
+from minitorch_cnn import backends
+
+CASES = [  # (C, H, W, N), Cout, kernel, stride, padding
+    ((1, 9, 7, 3), 4, (3, 2), (1, 1), (1, 0)),
+    ((3, 11, 10, 2), 5, (3, 3), (2, 1), (1, 1)),
+    ((2, 8, 8, 4), 3, (5, 5), (1, 1), (2, 2)),
+]
+
+
+@pytest.fixture
+def host():
+    be = backends.get_backend_by_name("numpy")
+    before = be.cache_block_bytes
+    yield be
+    be.cache_block_bytes = before
+
+
+@pytest.mark.parametrize("keep_cols", [True, False])
+@pytest.mark.parametrize("shape,cout,kernel,stride,padding", CASES)
+def test_row_blocks_equal_one_product(host, shape, cout, kernel, stride, padding, keep_cols):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(np.float32)
+    w2 = rng.standard_normal((cout, shape[0] * kernel[0] * kernel[1])).astype(np.float32)
+    bias = rng.standard_normal(cout).astype(np.float32)
+    args = (x, w2, bias, *kernel, *stride, *padding)
+    host.cache_block_bytes = None
+    whole, whole_cols = host.conv2d(*args, keep_cols=keep_cols)
+    host.cache_block_bytes = 1  # one output row per block
+    blocked, blocked_cols = host.conv2d(*args, keep_cols=keep_cols)
+    np.testing.assert_allclose(blocked, whole, rtol=1e-5, atol=1e-5)
+    if keep_cols:
+        np.testing.assert_array_equal(blocked_cols, whole_cols)
+    else:
+        assert blocked_cols is None and whole_cols is None
+
+
+def test_blocked_conv2d_trains_like_pytorch(host):
+    host.cache_block_bytes = 1
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 2, 9, 8)).astype(np.float32)
+    w = rng.standard_normal((4, 2, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(4).astype(np.float32)
+    g = rng.standard_normal((3, 4, 5, 8)).astype(np.float32)
+    X, W, B = (mt.tensor(a, requires_grad=True) for a in (x, w, b))
+    out = F.conv2d(X, W, B, stride=(2, 1), padding=(1, 1))
+    (out * mt.tensor(g)).sum().backward()
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    tout = torch.nn.functional.conv2d(tx, tw, tb, stride=(2, 1), padding=(1, 1))
+    (tout * torch.tensor(g)).sum().backward()
+    np.testing.assert_allclose(out.numpy(), tout.detach().numpy(), rtol=1e-4, atol=1e-4)
+    for ours, theirs in ((X, tx), (W, tw), (B, tb)):
+        np.testing.assert_allclose(ours.grad.numpy(), theirs.grad.numpy(), rtol=1e-4, atol=1e-4)
