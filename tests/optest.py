@@ -52,15 +52,20 @@ def activate_backend(name):
         pytest.skip(f"CuPy/GPU not available: {exc}")
 
 
+def backend_for_test(name):
+    """Fixture body: ``name`` active during the test, the previous backend restored after."""
+    previous = mt.get_backend().name
+    activate_backend(name)
+    try:
+        yield name
+    finally:
+        mt.use_backend(previous)
+
+
 @pytest.fixture(params=BACKENDS, autouse=True)
 def mt_backend(request):
     """Autouse, parametrized by ``MT_TEST_BACKEND``: every test runs on that backend."""
-    previous = mt.get_backend().name
-    activate_backend(request.param)
-    try:
-        yield request.param
-    finally:
-        mt.use_backend(previous)
+    yield from backend_for_test(request.param)
 
 
 def to_numpy(x):

@@ -29,7 +29,7 @@ for path in (TESTS, ROOT):  # optest, and the top-level `reference` package
     if path not in sys.path:
         sys.path.insert(0, path)
 
-from optest import BACKENDS, activate_backend  # noqa: E402
+from optest import BACKENDS, backend_for_test  # noqa: E402
 
 import minitorch_cnn as mt  # noqa: E402
 import minitorch_cnn.nn.functional as F  # noqa: E402
@@ -56,12 +56,7 @@ def one_thread():
 
 @pytest.fixture(params=BACKENDS)
 def engine_backend(request):
-    previous = mt.get_backend().name
-    activate_backend(request.param)
-    try:
-        yield request.param
-    finally:
-        mt.use_backend(previous)
+    yield from backend_for_test(request.param)
 
 
 # ---- helpers ---------------------------------------------------------------------------
