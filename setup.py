@@ -12,7 +12,7 @@ setup(
     data_files=[("share/minitorch_cnn/kernels", sorted(glob.glob("kernels/*.cu")))],
     # The engine itself needs NumPy alone; tqdm draws the training progress bar and
     # matplotlib the curves and pictures of `train` and `inspect`.
-    install_requires=["numpy>=1.23", "tqdm", "matplotlib"],
+    install_requires=["numpy>=1.23", "threadpoolctl", "tqdm", "matplotlib"],
     extras_require={
         "test": ["pytest", "threadpoolctl"],
         "reference": ["torch==2.14.1", "torchvision==0.29.1"],

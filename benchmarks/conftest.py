@@ -6,8 +6,9 @@ benchmark is timed only under ``--benchmark-only`` (or ``--benchmark-enable``). 
 smoke test, so that it costs seconds and times nothing.
 
 Fairness, the same for every framework and stated in the header and the JSON:
-- threads: ``--bench-threads N`` (default 2) for both, through ``torch.set_num_threads``
-  and ``threadpoolctl.threadpool_limits`` (NumPy's BLAS, torch's OpenMP);
+- threads: ``--bench-threads N`` (default 2) for both, through ``torch.set_num_threads``,
+  ``minitorch_cnn.set_num_threads`` and ``threadpoolctl.threadpool_limits`` (NumPy's
+  BLAS, torch's OpenMP);
 - dtype float32, the same input arrays and the same initial weights;
 - one untimed warm-up call before timing, so first-call costs (allocations, lazy
   kernel builds) stay out of the numbers; then enough rounds to fill
@@ -122,7 +123,8 @@ def _conditions(threads):
     return {
         "threads": threads,
         "cpu_count": os.cpu_count(),
-        "thread_control": "torch.set_num_threads and threadpoolctl.threadpool_limits",
+        "thread_control": ("torch.set_num_threads, minitorch_cnn.set_num_threads and "
+                           "threadpoolctl.threadpool_limits"),
         "dtype": DTYPE,
         "data": "Fashion-MNIST training images (CIFAR-shaped models: random uint8 3x32x32 images)",
         "weights": "the same initial weights for every framework (ours -> torch)",
@@ -163,11 +165,14 @@ def bench_settings(pytestconfig):
     for as long as the benchmarks run."""
     from threadpoolctl import threadpool_limits
 
+    import minitorch_cnn as mt
+
     settings = BenchSettings(_threads(pytestconfig), _timing(pytestconfig))
     torch = _import_torch()  # loaded first, so that threadpoolctl also limits its OpenMP pool
-    previous = torch.get_num_threads() if torch else None
+    previous = torch.get_num_threads() if torch else None, mt.get_num_threads()
     if torch:
         torch.set_num_threads(settings.threads)
+    mt.set_num_threads(settings.threads)
     try:
         with threadpool_limits(limits=settings.threads):
             settings.libraries = _library_lines()
@@ -175,7 +180,8 @@ def bench_settings(pytestconfig):
             yield settings
     finally:
         if torch:
-            torch.set_num_threads(previous)
+            torch.set_num_threads(previous[0])
+        mt.set_num_threads(previous[1])
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):

@@ -5,7 +5,8 @@ Importing it imports NumPy alone: CuPy only when the "cupy" backend is asked for
 """
 from . import data
 from .autograd import is_grad_enabled, no_grad
-from .backends import BackendUnavailable, backend, get_backend, use_backend
+from .backends import (BackendUnavailable, backend, get_backend, get_num_threads,
+                       set_num_threads, use_backend)
 from .tensor import Tensor, manual_seed, ones, rand, randn, tensor, zeros
 from . import nn, optim  # noqa: E402  (they build on the names above)
 
@@ -13,4 +14,5 @@ __version__ = "0.1.0"
 
 __all__ = ["Tensor", "tensor", "zeros", "ones", "rand", "randn", "manual_seed", "no_grad",
            "is_grad_enabled", "use_backend", "get_backend", "backend", "BackendUnavailable",
+           "set_num_threads", "get_num_threads",
            "nn", "optim", "data"]

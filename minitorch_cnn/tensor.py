@@ -336,10 +336,11 @@ class MatMul(Function):
 
     def forward(self, a, b):
         self.a, self.b = a, b
-        return a @ b
+        return backends.backend_of(a).matmul(a, b)
 
     def backward(self, g):
-        xp = backends.get_array_module(g)
+        be = backends.backend_of(g)
+        xp = be.xp
         a, b = self.a, self.b
         a2 = a[None, :] if a.ndim == 1 else a
         b2 = b[:, None] if b.ndim == 1 else b
@@ -350,9 +351,9 @@ class MatMul(Function):
             g2 = xp.expand_dims(g2, -1)
         ga = gb = None
         if self.needs_grad[0]:
-            ga = unbroadcast(g2 @ xp.swapaxes(b2, -1, -2), a2.shape).reshape(a.shape)
+            ga = unbroadcast(be.matmul(g2, xp.swapaxes(b2, -1, -2)), a2.shape).reshape(a.shape)
         if self.needs_grad[1]:
-            gb = unbroadcast(xp.swapaxes(a2, -1, -2) @ g2, b2.shape).reshape(b.shape)
+            gb = unbroadcast(be.matmul(xp.swapaxes(a2, -1, -2), g2), b2.shape).reshape(b.shape)
         return ga, gb
 
 

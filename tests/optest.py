@@ -13,12 +13,16 @@ random weights ``W``.  A new op therefore costs one line of test::
 differences (float64), without PyTorch.
 
 Backend: the engine backend the tests run on comes from the environment variable
-``MT_TEST_BACKEND`` (``numpy`` by default; ``cupy``; a comma list such as
-``numpy,cupy``; or ``all``).  Each name becomes a pytest parameter of the autouse
-fixture :func:`mt_backend`, which test modules import (``from optest import
-mt_backend``).  A cupy case skips with "CuPy/GPU not available: <reason>" when the
-engine raises ``mt.BackendUnavailable``.
+``MT_TEST_BACKEND``: ``numpy``, ``numpy-threads``, ``cupy``, a comma list, or ``all``;
+by default ``numpy,numpy-threads``. ``numpy-threads`` is the NumPy backend on two
+threads with every piece of work split between them, however small (see
+:func:`split_everything`): the split kernels and products then run on the tests' small
+arrays, which the backend would otherwise compute whole. Each name becomes a pytest
+parameter of the autouse fixture :func:`mt_backend`, which test modules import
+(``from optest import mt_backend``).  A cupy case skips with "CuPy/GPU not available:
+<reason>" when the engine raises ``mt.BackendUnavailable``.
 """
+import contextlib
 import os
 
 import numpy as np
@@ -30,15 +34,36 @@ import minitorch_cnn as mt
 ENV_VAR = "MT_TEST_BACKEND"
 
 
+ALL_BACKENDS = ("numpy", "numpy-threads", "cupy")
+DEFAULT_BACKENDS = "numpy,numpy-threads"
+
+
 def requested_backends():
-    raw = os.environ.get(ENV_VAR, "numpy").strip().lower() or "numpy"
+    raw = os.environ.get(ENV_VAR, DEFAULT_BACKENDS).strip().lower() or DEFAULT_BACKENDS
     if raw == "all":
-        return ["numpy", "cupy"]
+        return list(ALL_BACKENDS)
     names = [n.strip() for n in raw.split(",") if n.strip()]
-    unknown = [n for n in names if n not in ("numpy", "cupy")]
+    unknown = [n for n in names if n not in ALL_BACKENDS]
     if unknown:
-        raise ValueError(f"{ENV_VAR}={raw!r}: unknown backend(s) {unknown}; use numpy, cupy, a comma list or all")
+        raise ValueError(f"{ENV_VAR}={raw!r}: unknown backend(s) {unknown}; "
+                         f"use {', '.join(ALL_BACKENDS)}, a comma list or all")
     return names
+
+
+@contextlib.contextmanager
+def split_everything(threads=2):
+    """The NumPy backend on ``threads`` threads, splitting all work between them."""
+    host = mt.backends.get_backend_by_name("numpy")
+    previous = host.threads
+    host.set_num_threads(threads)
+    for limit in ("WAKE_BYTES", "WAKE_FLOPS", "SPLIT_BYTES", "SPLIT_FLOPS"):
+        setattr(host, limit, 0)
+    try:
+        yield host
+    finally:
+        for limit in ("WAKE_BYTES", "WAKE_FLOPS", "SPLIT_BYTES", "SPLIT_FLOPS"):
+            delattr(host, limit)
+        host.set_num_threads(previous)
 
 
 BACKENDS = requested_backends()
@@ -55,9 +80,13 @@ def activate_backend(name):
 def backend_for_test(name):
     """Fixture body: ``name`` active during the test, the previous backend restored after."""
     previous = mt.get_backend().name
-    activate_backend(name)
+    activate_backend("numpy" if name == "numpy-threads" else name)
     try:
-        yield name
+        if name == "numpy-threads":
+            with split_everything():
+                yield name
+        else:
+            yield name
     finally:
         mt.use_backend(previous)
 

@@ -11,15 +11,26 @@ import importlib
 import numpy as np
 
 from .base import Backend, BackendUnavailable
+from .host import HostBackend
 from .host_memory import keep_freed_memory
 
 keep_freed_memory()
 # 4 MB blocks: measured best on the conv layers of the zoo (L2-sized blocks lose BLAS speed).
-_BACKENDS = {"numpy": Backend("numpy", np, cache_block_bytes=4 << 20)}
+_BACKENDS = {"numpy": HostBackend("numpy", np, cache_block_bytes=4 << 20)}
 _current = [_BACKENDS["numpy"]]
 _last_seed = [None]
 # Lazily built backends: importing minitorch_cnn must never import CuPy.
 _FACTORIES = {"cupy": "minitorch_cnn.backends.cupy_backend"}
+
+
+def set_num_threads(threads):
+    """Threads the NumPy backend computes with, its matrix products included
+    (PyTorch's name); the default is every core this process may use."""
+    _BACKENDS["numpy"].set_num_threads(threads)
+
+
+def get_num_threads():
+    return _BACKENDS["numpy"].threads
 
 
 def get_backend_by_name(name):

@@ -23,6 +23,9 @@ def out_size(size, kernel, stride, padding):
 
 
 class Backend:
+    #: Blocks of work ``parallel`` runs at once (see there).
+    threads = 1
+
     def __init__(self, name, xp, cache_block_bytes=None):
         self.name = name
         self.xp = xp
@@ -47,6 +50,39 @@ class Backend:
 
     def synchronize(self):
         """Wait for queued device work (a no-op on the CPU)."""
+
+    # ---- splitting work ---------------------------------------------------------
+    # Every image kernel below is independent per channel, and channels are the
+    # outermost axis of the CHWN layout, so a range of channels is one contiguous block
+    # of memory. A backend that can run blocks at once (the NumPy backend's threads,
+    # see backends/host.py) overrides these two; here each is one call, as a GPU
+    # already parallelises inside every array operation.
+    def parallel(self, body, count, nbytes):
+        """Run ``body(start, stop)`` over ``range(count)``, ``nbytes`` the work's size."""
+        body(0, count)
+
+    def matmul(self, a, b, out=None):
+        """``a @ b``: every matrix product of the engine goes through here."""
+        return self.xp.matmul(a, b, out=out)
+
+    def elementwise(self, fn, out, *inputs):
+        """``fn(*inputs, out=out)`` (a ufunc, or a function of that form), run on
+        matching blocks along ``out``'s outermost axis in memory: for our activations,
+        the channels. Inputs have ``out``'s number of dimensions; one of size 1 on that
+        axis (a per-channel vector is not: a broadcast row is) is passed whole, as are
+        scalars. Returns ``out``."""
+        if out.ndim == 0:
+            return fn(*inputs, out=out)
+        axis = max(range(out.ndim), key=lambda d: abs(out.strides[d]) if out.shape[d] > 1 else -1)
+        lead = (slice(None),) * axis
+
+        def block(a, b):
+            part = lead + (slice(a, b),)
+            fn(*(x[part] if getattr(x, "ndim", 0) and x.shape[axis] == out.shape[axis] else x
+                 for x in inputs), out=out[part])
+
+        self.parallel(block, out.shape[axis], out.nbytes)
+        return out
 
     # ---- random numbers -------------------------------------------------------
     def seed(self, seed):
@@ -82,8 +118,13 @@ class Backend:
         """Columns (C, kh, kw, OH, OW, N), contiguous: the padded input once, then one copy."""
         _, h, w, _ = x.shape
         oh, ow = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
-        return self.xp.ascontiguousarray(
-            self.windows(self.pad(x, ph, pw), kh, kw, sh, sw, oh, ow))
+        win = self.windows(self.pad(x, ph, pw), kh, kw, sh, sw, oh, ow)
+        cols = self.xp.empty(win.shape, dtype=x.dtype)
+        # Split by channel; a one-channel input (a first layer) by kernel row instead.
+        lead = () if win.shape[0] > 1 else (slice(None),)
+        self.parallel(lambda a, b: self.xp.copyto(cols[lead + (slice(a, b),)], win[lead + (slice(a, b),)]),
+                      win.shape[len(lead)], cols.nbytes)
+        return cols
 
     def conv2d(self, x, w2, bias, kh, kw, sh, sw, ph, pw, keep_cols):
         """``w2 @ im2col(x) + bias`` as (Cout, OH, OW, N), and the columns
@@ -91,31 +132,41 @@ class Backend:
 
         Columns too large for the cache are copied and multiplied one block of output
         rows at a time, so the product reads each block while it is still in cache
-        rather than from memory (measured 1.2-2x faster per layer at batch 256-1000);
-        without ``keep_cols`` the blocks share one buffer."""
+        rather than from memory (measured 1.2-2x faster per layer at batch 256-1000).
+        Blocks are independent, so they are also the unit of ``parallel``; without
+        ``keep_cols`` each run of blocks reuses one buffer."""
+        xp = self.xp
         c, h, w, n = x.shape
         oh, ow = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
         k, cout = c * kh * kw, w2.shape[0]
-        row_bytes = k * ow * n * x.dtype.itemsize
+        total = k * oh * ow * n * x.dtype.itemsize
         block = self.cache_block_bytes
-        rows = oh if block is None or row_bytes * oh <= 2 * block else max(1, block // row_bytes)
-        if rows >= oh:
+        if block is None or total <= 2 * block:
             cols = self.im2col(x, kh, kw, sh, sw, ph, pw).reshape(k, -1)
-            out = w2 @ cols
+            out = self.matmul(w2, cols)
             if bias is not None:
-                out += bias[:, None]
+                self.elementwise(xp.add, out, out, bias[:, None])
             return out.reshape(cout, oh, ow, n), cols if keep_cols else None
+        # As many blocks as fit the cache, rounded up to a multiple of the threads.
+        blocks = -(-total // block)
+        rows = -(-oh // (-(-blocks // self.threads) * self.threads))
+        starts = range(0, oh, rows)
         win = self.windows(self.pad(x, ph, pw), kh, kw, sh, sw, oh, ow)
-        cols = self.xp.empty(win.shape if keep_cols else win[:, :, :, :rows].shape, dtype=x.dtype)
-        out = self.xp.empty((cout, oh, ow, n), dtype=x.dtype)
-        for r0 in range(0, oh, rows):
-            r1 = min(oh, r0 + rows)
-            part = cols[:, :, :, r0:r1] if keep_cols else cols[:, :, :, :r1 - r0]
-            self.xp.copyto(part, win[:, :, :, r0:r1])
-            product = out[:, r0:r1].reshape(cout, -1)  # a view: rows of one channel are contiguous
-            self.xp.matmul(w2, part.reshape(k, -1), out=product)
-            if bias is not None:
-                product += bias[:, None]
+        cols = xp.empty(win.shape, dtype=x.dtype) if keep_cols else None
+        out = xp.empty((cout, oh, ow, n), dtype=x.dtype)
+
+        def run(a, b):
+            buffer = cols if keep_cols else xp.empty(win[:, :, :, :rows].shape, dtype=x.dtype)
+            for r0 in starts[a:b]:
+                r1 = min(oh, r0 + rows)
+                part = buffer[:, :, :, r0:r1] if keep_cols else buffer[:, :, :, :r1 - r0]
+                xp.copyto(part, win[:, :, :, r0:r1])
+                product = out[:, r0:r1].reshape(cout, -1)  # a view: rows of one channel are contiguous
+                xp.matmul(w2, part.reshape(k, -1), out=product)
+                if bias is not None:
+                    product += bias[:, None]
+
+        self.parallel(run, len(starts), total)
         return out, cols.reshape(k, -1) if keep_cols else None
 
     def col2im(self, cols, x_shape, sh, sw, ph, pw):
@@ -128,14 +179,18 @@ class Backend:
         padded = (c, h + 2 * ph, w + 2 * pw, n)
         dx = (self.xp.empty if dense else self.xp.zeros)(padded, dtype=cols.dtype)
 
-        if dense:
-            dx[:, oh:] = 0
-            dx[:, :oh, ow:] = 0
-            dx[:, :oh, :ow] = cols[:, 0, 0]
-        for k in range(1 if dense else 0, kh * kw):
-            i, j = k // kw, k % kw
-            rows, columns = self.window_slice(i, j, sh, sw, oh, ow)
-            dx[:, rows, columns] += cols[:, i, j]
+        def scatter(a, b):
+            part, src = dx[a:b], cols[a:b]
+            if dense:
+                part[:, oh:] = 0
+                part[:, :oh, ow:] = 0
+                part[:, :oh, :ow] = src[:, 0, 0]
+            for k in range(1 if dense else 0, kh * kw):
+                i, j = k // kw, k % kw
+                rows, columns = self.window_slice(i, j, sh, sw, oh, ow)
+                part[:, rows, columns] += src[:, i, j]
+
+        self.parallel(scatter, c, cols.nbytes)
         return dx[:, ph:ph + h, pw:pw + w]
 
     def max_pool(self, x, kh, kw, sh, sw, ph, pw):
@@ -149,9 +204,15 @@ class Backend:
         oh, ow = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
         xpad = self.pad(x, ph, pw, -self.xp.inf)
         win = self.windows(xpad, kh, kw, sh, sw, oh, ow)
-        out = win[:, 0, 0].copy()
-        for k in range(1, kh * kw):
-            self.xp.maximum(out, win[:, k // kw, k % kw], out=out)
+        out = self.xp.empty((c, oh, ow, n), dtype=x.dtype)
+
+        def pool(a, b):
+            part = out[a:b]
+            self.xp.copyto(part, win[a:b, 0, 0])
+            for k in range(1, kh * kw):
+                self.xp.maximum(part, win[a:b, k // kw, k % kw], out=part)
+
+        self.parallel(pool, c, x.nbytes)
         return out, (xpad, out)
 
     def max_pool_backward(self, dout, routing, x_shape, kh, kw, sh, sw, ph, pw):
@@ -168,29 +229,32 @@ class Backend:
         # Windows that do not overlap write each input element at most once, so the
         # shares go straight into dx with out=; only what no window covers needs zeros.
         disjoint = sh >= kh and sw >= kw
-        if disjoint and (sh, sw) == (kh, kw):
-            dx = xp.empty(xpad.shape, dtype=dout.dtype)
-            dx[:, kh * oh:] = 0
-            dx[:, :kh * oh, kw * ow:] = 0
-        else:
-            dx = xp.zeros(xpad.shape, dtype=dout.dtype)
+        tiled = disjoint and (sh, sw) == (kh, kw)
+        dx = (xp.empty if tiled else xp.zeros)(xpad.shape, dtype=dout.dtype)
 
-        is_max = None
-        share = None if disjoint else xp.empty(out.shape, dtype=dout.dtype)
-        for k in range(kh * kw):
-            i, j = k // kw, k % kw
-            is_max = xp.equal(win[:, i, j], out, out=is_max)
-            if k == 0:
-                taken = is_max.copy()
-            else:
-                xp.greater(is_max, taken, out=is_max)  # a maximum, and the first one
-                if k < kh * kw - 1:
-                    taken |= is_max
-            rows, columns = self.window_slice(i, j, sh, sw, oh, ow)
-            if disjoint:
-                xp.multiply(dout, is_max, out=dx[:, rows, columns])
-            else:
-                dx[:, rows, columns] += xp.multiply(dout, is_max, out=share)
+        def route(a, b):
+            grad, maxima, part = dout[a:b], out[a:b], dx[a:b]
+            if tiled:
+                part[:, kh * oh:] = 0
+                part[:, :kh * oh, kw * ow:] = 0
+            is_max = None
+            share = None if disjoint else xp.empty(grad.shape, dtype=grad.dtype)
+            for k in range(kh * kw):
+                i, j = k // kw, k % kw
+                is_max = xp.equal(win[a:b, i, j], maxima, out=is_max)
+                if k == 0:
+                    taken = is_max.copy()
+                else:
+                    xp.greater(is_max, taken, out=is_max)  # a maximum, and the first one
+                    if k < kh * kw - 1:
+                        taken |= is_max
+                rows, columns = self.window_slice(i, j, sh, sw, oh, ow)
+                if disjoint:
+                    xp.multiply(grad, is_max, out=part[:, rows, columns])
+                else:
+                    part[:, rows, columns] += xp.multiply(grad, is_max, out=share)
+
+        self.parallel(route, c, dx.nbytes)
         return dx[:, ph:ph + h, pw:pw + w]
 
     def avg_pool(self, x, kh, kw, sh, sw, ph, pw):

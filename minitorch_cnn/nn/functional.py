@@ -26,12 +26,13 @@ def _nchw(a):
 # less than NumPy's pairwise sum (3e-7 against 7e-8 relative, measured), which is why
 # BatchNorm's gradient sum, whose true mean cancels, keeps a.sum(axis=1).
 def _row_sum(a):
-    return a @ backends.get_array_module(a).ones(a.shape[1], dtype=a.dtype)
+    be = backends.backend_of(a)
+    return be.matmul(a, be.xp.ones(a.shape[1], dtype=a.dtype))
 
 
 def _row_dot(a, b):
     """Per-row dot products, without a temporary of a's size."""
-    return (a[:, None, :] @ b[:, :, None]).reshape(a.shape[0])
+    return backends.backend_of(a).matmul(a[:, None, :], b[:, :, None]).reshape(a.shape[0])
 
 
 def _pair(value, name):
@@ -82,15 +83,16 @@ class Conv2d(Function):
 
     def backward(self, g):
         x_shape, (kh, kw, sh, sw, ph, pw), (oh, ow, n) = self.geometry
+        be = backends.backend_of(g)
         gc = _chwn(g).reshape(g.shape[1], -1)
         gx = gw = None
         if self.needs_grad[0]:
-            dcols = (self.w2.T @ gc).reshape(x_shape[0], kh, kw, oh, ow, n)
-            gx = _nchw(backends.backend_of(g).col2im(dcols, x_shape, sh, sw, ph, pw))
+            dcols = be.matmul(self.w2.T, gc).reshape(x_shape[0], kh, kw, oh, ow, n)
+            gx = _nchw(be.col2im(dcols, x_shape, sh, sw, ph, pw))
         if self.needs_grad[1]:
             # (cols @ gc^T)^T, not gc @ cols^T: the same product, but OpenBLAS runs this
             # operand order 1.2-2x faster for these long-K, narrow shapes (measured).
-            gw = (self.cols @ gc.T).T.reshape(g.shape[1], x_shape[0], kh, kw)
+            gw = be.matmul(self.cols, gc.T).T.reshape(g.shape[1], x_shape[0], kh, kw)
         if self.has_bias:
             return gx, gw, _row_sum(gc) if self.needs_grad[2] else None
         return gx, gw
@@ -147,16 +149,18 @@ class Linear(Function):
         if x.shape[-1] != w.shape[1]:
             raise ValueError(f"linear: input has {x.shape[-1]} features, weight {tuple(w.shape)} expects {w.shape[1]}")
         self.x, self.w, self.has_bias = x, w, bool(bias)
-        out = x @ w.T
+        out = backends.backend_of(x).matmul(x.reshape(-1, x.shape[-1]), w.T)
+        out = out.reshape(x.shape[:-1] + w.shape[:1])
         if bias:
             out += bias[0]
         return out
 
     def backward(self, g):
         x, w = self.x, self.w
+        be = backends.backend_of(g)
         g2 = g.reshape(-1, g.shape[-1])
-        gx = g @ w if self.needs_grad[0] else None
-        gw = g2.T @ x.reshape(-1, x.shape[-1]) if self.needs_grad[1] else None
+        gx = be.matmul(g2, w).reshape(g.shape[:-1] + w.shape[1:]) if self.needs_grad[0] else None
+        gw = be.matmul(g2.T, x.reshape(-1, x.shape[-1])) if self.needs_grad[1] else None
         if self.has_bias:
             return gx, gw, g2.sum(axis=0) if self.needs_grad[2] else None
         return gx, gw
@@ -169,11 +173,18 @@ def linear(input, weight, bias=None):
 
 class ReLU(Function):
     def forward(self, x):
-        self.out = backends.get_array_module(x).maximum(x, 0)  # keeps x's memory layout
+        be = backends.backend_of(x)
+        self.out = be.elementwise(be.xp.maximum, be.xp.empty_like(x), x, 0)  # x's memory layout
         return self.out
 
     def backward(self, g):
-        return g * (self.out > 0)
+        be = backends.backend_of(g)
+        return be.elementwise(_pass_positive, be.xp.empty_like(self.out), g, self.out)
+
+
+def _pass_positive(g, y, out):
+    """``g`` where ``y > 0``, else 0: ReLU's backward from its output ``y``."""
+    return backends.get_array_module(g).multiply(g, y > 0, out=out)
 
 
 def relu(input):
@@ -241,7 +252,8 @@ class BatchNorm(Function):
     per-channel sum from ``g`` and ``xc`` directly, never forming ``g * weight``."""
 
     def forward(self, x, *affine, running_mean, running_var, training, momentum, eps):
-        xp = backends.get_array_module(x)
+        be = backends.backend_of(x)
+        xp = be.xp
         rows = _channel_rows(x)
         count = rows.shape[1]
         self.x_shape, self.use_batch = x.shape, training or running_mean is None
@@ -250,7 +262,7 @@ class BatchNorm(Function):
                 raise ValueError("batch_norm: expected more than 1 value per channel when "
                                  f"training, got input of shape {tuple(x.shape)}")
             mean = _row_sum(rows) / count
-            xc = rows - mean[:, None]
+            xc = be.elementwise(xp.subtract, xp.empty_like(rows), rows, mean[:, None])
             var = _row_dot(xc, xc) / count  # two-pass (centered): exact for any mean
             if training and running_mean is not None:
                 # Running statistics: momentum 0.1 by default, unbiased variance (PyTorch).
@@ -259,39 +271,55 @@ class BatchNorm(Function):
                 running_var *= 1 - momentum
                 running_var += momentum * var * (count / (count - 1))
         else:
-            xc = rows - running_mean[:, None]
+            xc = be.elementwise(xp.subtract, xp.empty_like(rows), rows, running_mean[:, None])
             var = running_var
         self.inv_std = (1 / xp.sqrt(var + eps)).astype(x.dtype, copy=False)
         self.xc = xc
         self.weight = affine[0] if affine else None
         scale = self.inv_std if not affine else self.inv_std * affine[0]
-        out = xp.multiply(xc, scale[:, None])
-        if affine:
-            out += affine[1][:, None]
+        shift = affine[1] if affine else xp.zeros_like(scale)
+        out = be.elementwise(_scale_shift, xp.empty_like(xc), xc, scale[:, None], shift[:, None])
         return _from_channel_rows(out, x.shape)
 
     def backward(self, g):
-        xp = backends.get_array_module(g)
+        be = backends.backend_of(g)
+        xp = be.xp
         xc, inv_std = self.xc, self.inv_std
         rows = _channel_rows(g)
         count = rows.shape[1]
         # Per-channel sums of g and g * xhat; those of gxhat = g * weight follow from them.
-        g_sum = rows.sum(axis=1)  # pairwise, not _row_sum: see there
+        g_sum = be.elementwise(_pairwise_row_sum, xp.empty(rows.shape[:1], dtype=rows.dtype), rows)
         g_xhat = _row_dot(rows, xc) * inv_std
         scale = inv_std if self.weight is None else inv_std * self.weight
         if self.use_batch:
             # dx = inv_std * (gxhat - mean(gxhat) - xhat * mean(gxhat * xhat))
             #    = scale * (g - mean(g) - xc * inv_std * mean(g * xhat))
-            gx = xp.multiply(xc, (-inv_std * g_xhat / count)[:, None])
-            gx += rows
-            gx -= (g_sum / count)[:, None]
-            gx *= scale[:, None]
+            gx = be.elementwise(_batch_norm_dx, xp.empty_like(rows), xc, rows,
+                                (-inv_std * g_xhat / count)[:, None], (g_sum / count)[:, None],
+                                scale[:, None])
         else:
-            gx = xp.multiply(rows, scale[:, None])
+            gx = be.elementwise(xp.multiply, xp.empty_like(rows), rows, scale[:, None])
         gx = _from_channel_rows(gx, self.x_shape)
         if self.weight is None:
             return gx
         return gx, g_xhat, g_sum
+
+
+def _scale_shift(x, scale, shift, out):
+    backends.get_array_module(x).multiply(x, scale, out=out)
+    out += shift
+
+
+def _pairwise_row_sum(rows, out):
+    return rows.sum(axis=1, out=out)  # pairwise, not _row_sum: see there
+
+
+def _batch_norm_dx(xc, g, xc_factor, g_mean, scale, out):
+    """``scale * (g - g_mean + xc * xc_factor)``, in place in ``out``."""
+    backends.get_array_module(g).multiply(xc, xc_factor, out=out)
+    out += g
+    out -= g_mean
+    out *= scale
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,

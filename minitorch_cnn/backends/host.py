@@ -1,0 +1,198 @@
+"""The NumPy backend: the generic kernels, run on every core when the work is large.
+
+NumPy runs each operation on one core but releases the GIL inside it, so threads
+that each take a block of channels (a contiguous block of memory in the CHWN layout)
+run the copies, comparisons and sums between the matrix products on all cores.
+
+Two kinds of threads would share the cores, and they do not mix:
+- OpenBLAS's: after each product they spin for ~0.1 s waiting for the next one
+  (measured), on the cores our threads need. A two-thread ReLU right after a product
+  ran slower than one thread; with BLAS's threads asleep, 1.4-1.7x faster.
+- ours: a sleeping thread takes ~60 us to wake on these machines (measured: a
+  no-op round trip through a thread pool), which only large work repays.
+So the backend runs in one of two modes. Large work (a block worth waking a thread
+for) is split across our threads, the matrix products too, each on one BLAS thread:
+that is *our* mode, and it lasts while large work keeps coming (``KEEP_S``), so the
+smaller work between runs on one thread with BLAS on one thread, and BLAS's threads
+stay asleep. Without large work (a small network at a small batch) the backend is as
+with one thread: BLAS runs each product on its own threads. The caller's BLAS
+setting is restored after every call, so NumPy outside the engine is unaffected.
+"""
+import contextlib
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from .base import Backend
+
+
+def available_cores():
+    """The cores this process may run on (PyTorch's default thread count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+class HostBackend(Backend):
+    # Work that enters our mode: bytes a kernel moves, or flops (and bytes) of a product.
+    WAKE_BYTES = 8 << 20
+    WAKE_FLOPS = 128 << 20
+    # Work that is split while in our mode (smaller work runs on one thread): ~100 us
+    # on one core, well above the hand-off's cost.
+    SPLIT_BYTES = 1 << 20
+    SPLIT_FLOPS = 8 << 20
+    # Our mode ends this long after the last split.
+    KEEP_S = 0.1
+    # Blocks of a split product start at multiples of this many rows or columns
+    # (half of it for short products), so each block's SIMD kernels run on whole
+    # vectors: the blocks' results are then bit for bit the whole product's (tested).
+    ALIGN = 16
+    # A product whose inner dimension is this many times its result's rows plus
+    # columns (a weight gradient) is split along that inner dimension instead.
+    DEEP = 64
+
+    def __init__(self, name, xp, cache_block_bytes=None):
+        super().__init__(name, xp, cache_block_bytes)
+        self._pool = None
+        self._blas = None
+        self._ours_until = 0.0
+        self._splitting = False
+        self.set_num_threads(available_cores())
+
+    def set_num_threads(self, threads):
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"the number of threads must be a positive int, got {threads!r}")
+        if threads > 1 and self._blas is None:
+            self._blas = _blas_controllers()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        self._pool = ThreadPoolExecutor(threads - 1, "minitorch") if threads > 1 else None
+        self.threads = threads
+        self._ours_until = 0.0
+
+    # ---- the two modes ------------------------------------------------------------
+    @contextlib.contextmanager
+    def _mode(self, large, splittable):
+        """Yield whether to split the work at hand, with BLAS on one thread if we are
+        in our mode; plain calls (BLAS on its own threads) otherwise."""
+        if self.threads == 1 or self._splitting:  # inside a split, BLAS is on one thread
+            yield False
+            return
+        now = time.perf_counter()
+        ours = now < self._ours_until
+        split = large or (ours and splittable)
+        if not (split or ours):
+            yield False
+            return
+        with self._single_threaded_blas():
+            self._splitting = split
+            try:
+                yield split
+            finally:
+                self._splitting = False
+        if split:
+            self._ours_until = time.perf_counter() + self.KEEP_S
+
+    @contextlib.contextmanager
+    def _single_threaded_blas(self):
+        changed = [lib for lib in self._blas if lib.get_num_threads() != 1]
+        previous = [lib.get_num_threads() for lib in changed]
+        for lib in changed:
+            lib.set_num_threads(1)
+        try:
+            yield
+        finally:
+            for lib, n in zip(changed, previous):
+                lib.set_num_threads(n)
+
+    def _run_split(self, body, count):
+        parts = min(self.threads, count)
+        bounds = [count * p // parts for p in range(parts + 1)]
+        helpers = [self._pool.submit(body, a, b) for a, b in zip(bounds[1:-1], bounds[2:])]
+        try:
+            body(bounds[0], bounds[1])
+        finally:
+            for helper in helpers:
+                helper.result()
+
+    # ---- the Backend hooks ----------------------------------------------------------
+    def parallel(self, body, count, nbytes):
+        with self._mode(nbytes >= self.WAKE_BYTES, nbytes >= self.SPLIT_BYTES) as split:
+            if split and count > 1:
+                return self._run_split(body, count)
+            return body(0, count)
+
+    def matmul(self, a, b, out=None):
+        """Split by rows of ``a`` or columns of ``b``, whichever is longer; by the inner
+        dimension when the result is small; a stack of products by stack entries."""
+        xp = self.xp
+        if a.ndim == 2 and b.ndim in (1, 2):
+            m, depth = a.shape
+            n = b.shape[1] if b.ndim == 2 else 1
+            shape = (m, n) if b.ndim == 2 else (m,)
+        elif a.ndim == 3 and b.ndim == 3 and a.shape[0] == b.shape[0]:
+            stack, m, depth = a.shape
+            n = b.shape[2]
+            shape = (stack, m, n)
+        else:
+            shape = None
+        flops = 2 * m * n * depth * (stack if len(shape or ()) == 3 else 1) if shape else 0
+        nbytes = a.nbytes + b.nbytes
+        large = shape is not None and (flops >= self.WAKE_FLOPS or nbytes >= self.WAKE_BYTES)
+        splittable = shape is not None and (flops >= self.SPLIT_FLOPS or nbytes >= self.SPLIT_BYTES)
+        deep = len(shape or ()) == 2 and depth >= self.DEEP * (m + n) and self.threads > 1
+        with self._mode(large, splittable) as split:
+            if not (split or deep) or not flops:
+                return xp.matmul(a, b, out=out)
+            if out is None:
+                out = xp.empty(shape, dtype=xp.result_type(a, b))
+            if deep:
+                return self._matmul_by_depth(a, b, out, split)
+            if len(shape) == 3:
+                self._run_split(lambda lo, hi: xp.matmul(a[lo:hi], b[lo:hi], out=out[lo:hi]), stack)
+                return out
+            by_rows = m >= n
+            count = m if by_rows else n
+            # Blocks of whole SIMD vectors give the same bits as the whole product.
+            align = self.ALIGN if count >= self.ALIGN * self.threads else self.ALIGN // 2
+
+            def product(lo, hi):
+                lo, hi = lo * align, min(count, hi * align)
+                if by_rows:
+                    xp.matmul(a[lo:hi], b, out=out[lo:hi])
+                else:
+                    xp.matmul(a, b[:, lo:hi], out=out[:, lo:hi])
+
+            self._run_split(product, -(-count // align))
+            return out
+
+    def _matmul_by_depth(self, a, b, out, split):
+        """Each thread multiplies its share of the inner dimension, reading only its
+        share of both operands; the partial results are summed. The sum's order
+        changes the rounding, so a product this deep is summed from the same parts
+        whether or not it is split: the numbers depend on the thread count alone,
+        never on which mode the backend is in."""
+        xp = self.xp
+        depth, parts = a.shape[1], self.threads
+        partial = [out] + [xp.empty_like(out) for _ in range(parts - 1)]
+
+        def product(first, stop):
+            for p in range(first, stop):
+                lo, hi = depth * p // parts, depth * (p + 1) // parts
+                xp.matmul(a[:, lo:hi], b[lo:hi], out=partial[p])
+
+        if split:
+            self._run_split(product, parts)
+        else:
+            product(0, parts)
+        for p in partial[1:]:
+            out += p
+        return out
+
+
+def _blas_controllers():
+    """threadpoolctl's handles on the BLAS libraries NumPy loaded."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController().select(user_api="blas").lib_controllers
