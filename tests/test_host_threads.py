@@ -69,6 +69,7 @@ PRODUCTS = {  # name: (a, b); each takes a different split
     "by rows": (f32(70, 9), f32(9, 5)),
     "by columns": (f32(5, 9), f32(9, 70)),
     "by depth": (f32(3, 900), f32(900, 4)),
+    "by depth, in chunks": (f32(3, 5000), f32(5000, 4)),
     "transposed views": (f32(9, 70).T, f32(5, 9).T),
     "matrix-vector": (f32(40, 30), f32(30)),
     "stack": (f32(7, 1, 30), f32(7, 30, 1)),
@@ -128,6 +129,17 @@ def test_split_network_step_equals_one_thread(host, split_calls, threads):
     for a, b, c in zip(split, whole, one_thread):
         np.testing.assert_array_equal(a, b)  # the same numbers, split or not
         np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-5)
+
+
+def test_deep_product_with_small_result_is_summed_in_chunks(host):
+    """On one thread too: the chunks are for OpenBLAS's speed, not for threads."""
+    host.set_num_threads(1)
+    a, b = f32(3, 5000), f32(5000, 4)
+    chunked = host.matmul(a, b)
+    expected = sum(a[:, lo:lo + host.DEPTH_CHUNK] @ b[lo:lo + host.DEPTH_CHUNK]
+                   for lo in range(0, 5000, host.DEPTH_CHUNK))
+    np.testing.assert_array_equal(chunked, expected)
+    np.testing.assert_allclose(chunked, a.astype(np.float64) @ b, rtol=1e-5, atol=1e-4)
 
 
 def test_small_work_stays_whole_with_blas_untouched(host, split_calls):
