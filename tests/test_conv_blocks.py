@@ -1,5 +1,6 @@
-"""Backend.conv2d's cache blocking: a product built one block of output rows at a time
-equals the single product, with and without keeping the columns for backward."""
+"""Backend.conv2d's and conv2d_input_grad's cache blocking: products made one block of
+output rows at a time equal the single product (forward, with and without keeping the
+columns for backward; and the input's gradient, on one thread and split by channel)."""
 import numpy as np
 import pytest
 import torch
@@ -7,6 +8,7 @@ import torch
 import minitorch_cnn as mt
 import minitorch_cnn.nn.functional as F
 from minitorch_cnn import backends
+from optest import split_everything
 
 CASES = [  # (C, H, W, N), Cout, kernel, stride, padding
     ((1, 9, 7, 3), 4, (3, 2), (1, 1), (1, 0)),
@@ -40,6 +42,26 @@ def test_row_blocks_equal_one_product(host, shape, cout, kernel, stride, padding
         np.testing.assert_array_equal(blocked_cols, whole_cols)
     else:
         assert blocked_cols is None and whole_cols is None
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("shape,cout,kernel,stride,padding", CASES + [((4, 7, 9, 2), 6, (2, 3), (2, 3), (1, 1))])
+def test_blocked_input_grad_equals_col2im_of_one_product(host, shape, cout, kernel, stride, padding, threads):
+    rng = np.random.default_rng(0)
+    w2 = rng.standard_normal((cout, shape[0] * kernel[0] * kernel[1])).astype(np.float32)
+    _, h, w, n = shape
+    oh, ow = ((size + 2 * p - k) // s + 1 for size, k, s, p in zip((h, w), kernel, stride, padding))
+    gc = rng.standard_normal((cout, oh * ow * n)).astype(np.float32)
+    args = (w2, gc, shape, *kernel, *stride, *padding)
+    host.cache_block_bytes = None
+    whole = host.conv2d_input_grad(*args)
+    dcols = (w2.T @ gc).reshape(shape[0], *kernel, oh, ow, n)
+    np.testing.assert_array_equal(whole, host.col2im(dcols, shape, *stride, *padding))
+    host.cache_block_bytes = 1  # one output row per block
+    with split_everything(threads):
+        blocked = host.conv2d_input_grad(*args)
+    assert blocked.shape == shape
+    np.testing.assert_allclose(blocked, whole, rtol=1e-5, atol=1e-5)
 
 
 def test_blocked_conv2d_trains_like_pytorch(host):

@@ -147,9 +147,7 @@ class Backend:
             if bias is not None:
                 self.elementwise(xp.add, out, out, bias[:, None])
             return out.reshape(cout, oh, ow, n), cols if keep_cols else None
-        # As many blocks as fit the cache, rounded up to a multiple of the threads.
-        blocks = -(-total // block)
-        rows = -(-oh // (-(-blocks // self.threads) * self.threads))
+        rows = self._rows_per_block(oh, total)
         starts = range(0, oh, rows)
         win = self.windows(self.pad(x, ph, pw), kh, kw, sh, sw, oh, ow)
         cols = xp.empty(win.shape, dtype=x.dtype) if keep_cols else None
@@ -168,6 +166,54 @@ class Backend:
 
         self.parallel(run, len(starts), total)
         return out, cols.reshape(k, -1) if keep_cols else None
+
+    def _rows_per_block(self, oh, total):
+        """Output rows per block, for work of ``total`` bytes over ``oh`` rows: blocks of
+        at most ``cache_block_bytes``, their count a multiple of the threads where the
+        rows allow it, so that every thread gets as many."""
+        target = -(-total // self.cache_block_bytes)
+        target = -(-target // self.threads) * self.threads
+        rows = max(1, -(-oh // target))
+        while rows > 1 and -(-oh // rows) % self.threads:
+            rows -= 1
+        return rows
+
+    def conv2d_input_grad(self, w2, gc, x_shape, kh, kw, sh, sw, ph, pw):
+        """The gradient of a convolution's input (C, H, W, N): ``col2im(w2.T @ gc)``,
+        for ``gc`` the output's gradient as (Cout, OH*OW*N).
+
+        Like the forward pass, a product too large for the cache is made one block of
+        output rows at a time and each block scattered while it is in cache, so the
+        columns' gradient (kh*kw times the input's size) never goes to memory; the
+        blocks' scatters overlap by a few rows, so ``parallel`` splits by channel."""
+        xp = self.xp
+        c, h, w, n = x_shape
+        cout = gc.shape[0]
+        oh, ow = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
+        total = c * kh * kw * gc.shape[1] * gc.dtype.itemsize
+        block = self.cache_block_bytes
+        if block is None or total <= 2 * block:
+            dcols = self.matmul(w2.T, gc).reshape(c, kh, kw, oh, ow, n)
+            return self.col2im(dcols, x_shape, sh, sw, ph, pw)
+        rows = self._rows_per_block(oh, total)
+        by_row = gc.reshape(cout, oh, -1)
+        dx = xp.zeros((c, h + 2 * ph, w + 2 * pw, n), dtype=gc.dtype)
+
+        def scatter(c0, c1):
+            weights = w2.T[c0 * kh * kw:c1 * kh * kw]
+            buffer = xp.empty((c1 - c0, kh, kw, rows, ow, n), dtype=gc.dtype)
+            for r0 in range(0, oh, rows):
+                r1 = min(oh, r0 + rows)
+                part = buffer[:, :, :, :r1 - r0]
+                xp.matmul(weights, by_row[:, r0:r1].reshape(cout, -1), out=part.reshape(weights.shape[0], -1))
+                target = dx[c0:c1, r0 * sh:]
+                for k in range(kh * kw):
+                    i, j = k // kw, k % kw
+                    rows_, columns = self.window_slice(i, j, sh, sw, r1 - r0, ow)
+                    target[:, rows_, columns] += part[:, i, j]
+
+        self.parallel(scatter, c, total)
+        return dx[:, ph:ph + h, pw:pw + w]
 
     def col2im(self, cols, x_shape, sh, sw, ph, pw):
         """Adjoint of im2col: scatter-add columns (C, kh, kw, OH, OW, N) back to (C, H, W, N)."""

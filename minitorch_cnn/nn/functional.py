@@ -76,19 +76,18 @@ class Conv2d(Function):
         w2 = w.reshape(cout, -1)
         out, self.cols = be.conv2d(xc, w2, bias[0] if bias else None, kh, kw, sh, sw, ph, pw,
                                    keep_cols=self.needs_grad[1])
-        self.geometry = xc.shape, (kh, kw, sh, sw, ph, pw), out.shape[1:]
+        self.geometry = xc.shape, (kh, kw, sh, sw, ph, pw)
         self.w2 = w2 if self.needs_grad[0] else None
         self.has_bias = bool(bias)
         return _nchw(out)
 
     def backward(self, g):
-        x_shape, (kh, kw, sh, sw, ph, pw), (oh, ow, n) = self.geometry
+        x_shape, (kh, kw, sh, sw, ph, pw) = self.geometry
         be = backends.backend_of(g)
         gc = _chwn(g).reshape(g.shape[1], -1)
         gx = gw = None
         if self.needs_grad[0]:
-            dcols = be.matmul(self.w2.T, gc).reshape(x_shape[0], kh, kw, oh, ow, n)
-            gx = _nchw(be.col2im(dcols, x_shape, sh, sw, ph, pw))
+            gx = _nchw(be.conv2d_input_grad(self.w2, gc, x_shape, kh, kw, sh, sw, ph, pw))
         if self.needs_grad[1]:
             # (cols @ gc^T)^T, not gc @ cols^T: the same product, but OpenBLAS runs this
             # operand order 1.2-2x faster for these long-K, narrow shapes (measured).
