@@ -285,8 +285,13 @@ def test_batch_norm_running_var_is_unbiased_by_hand():
 
 
 @pytest.mark.parametrize("shape", [(4, 3, 5, 6), (8, 4)], ids=["4d", "2d"])
-@pytest.mark.parametrize("affine", [True, False], ids=["affine", "no_affine"])
-def test_batch_norm_eval(shape, affine):
+@pytest.mark.parametrize("affine,requires_grad", [
+    (True, None), (False, None),
+    # a frozen affine: no weight gradient, so the forward pass is one affine map
+    (True, [True, False, False]),
+    (True, [False, True, True]),
+], ids=["affine", "no_affine", "frozen_affine", "frozen_input"])
+def test_batch_norm_eval(shape, affine, requires_grad):
     c = shape[1]
     rm0, rv0 = _bn_buffers(c)
     t_rm, t_rv = torch.tensor(rm0), torch.tensor(rv0)
@@ -301,7 +306,7 @@ def test_batch_norm_eval(shape, affine):
         w, b = wb if wb else (None, None)
         return F.batch_norm(x, m_rm, m_rv, w, b, training=False)
 
-    check_op(shapes, tfn, mfn)
+    check_op(shapes, tfn, mfn, requires_grad=requires_grad)
     np.testing.assert_array_equal(to_numpy(m_rm), rm0, err_msg="eval mode changed running_mean")
     np.testing.assert_array_equal(to_numpy(m_rv), rv0, err_msg="eval mode changed running_var")
 

@@ -270,13 +270,21 @@ class BatchNorm(Function):
                 running_var *= 1 - momentum
                 running_var += momentum * var * (count / (count - 1))
         else:
-            xc = be.elementwise(xp.subtract, xp.empty_like(rows), rows, running_mean[:, None])
             var = running_var
         self.inv_std = (1 / xp.sqrt(var + eps)).astype(x.dtype, copy=False)
-        self.xc = xc
         self.weight = affine[0] if affine else None
         scale = self.inv_std if not affine else self.inv_std * affine[0]
         shift = affine[1] if affine else xp.zeros_like(scale)
+        if not self.use_batch and not (affine and self.needs_grad[1]):
+            # Running statistics, and no weight gradient to need xc: one affine map,
+            # x * scale + (shift - mean * scale), as PyTorch's inference kernel does.
+            self.xc = None
+            out = be.elementwise(_scale_shift, xp.empty_like(rows), rows, scale[:, None],
+                                 (shift - running_mean * scale)[:, None])
+            return _from_channel_rows(out, x.shape)
+        if not self.use_batch:
+            xc = be.elementwise(xp.subtract, xp.empty_like(rows), rows, running_mean[:, None])
+        self.xc = xc
         out = be.elementwise(_scale_shift, xp.empty_like(xc), xc, scale[:, None], shift[:, None])
         return _from_channel_rows(out, x.shape)
 
@@ -288,7 +296,7 @@ class BatchNorm(Function):
         count = rows.shape[1]
         # Per-channel sums of g and g * xhat; those of gxhat = g * weight follow from them.
         g_sum = be.elementwise(_pairwise_row_sum, xp.empty(rows.shape[:1], dtype=rows.dtype), rows)
-        g_xhat = _row_dot(rows, xc) * inv_std
+        g_xhat = None if xc is None else _row_dot(rows, xc) * inv_std
         scale = inv_std if self.weight is None else inv_std * self.weight
         if self.use_batch:
             # dx = inv_std * (gxhat - mean(gxhat) - xhat * mean(gxhat * xhat))
