@@ -30,9 +30,12 @@ def _row_sum(a):
     return be.matmul(a, be.xp.ones(a.shape[1], dtype=a.dtype))
 
 
-def _row_dot(a, b):
-    """Per-row dot products, without a temporary of a's size."""
-    return backends.backend_of(a).matmul(a[:, None, :], b[:, :, None]).reshape(a.shape[0])
+def _row_dots(a, b, out):
+    """Per-row dot products of ``a`` with ``b`` (as many rows, or one row for all) into
+    ``out``, without a temporary of a's size. Each row is a product of its own, so its
+    result does not depend on which rows are computed with it."""
+    b = b[:, :, None] if b.ndim == 2 else b[None, :, None]
+    return backends.get_array_module(a).matmul(a[:, None, :], b, out=out[:, None, None])
 
 
 def _pair(value, name):
@@ -248,66 +251,91 @@ class BatchNorm(Function):
     the work per element tiny, so the code saves full-size passes: forward keeps only
     the centered input ``xc`` (``xhat = xc * inv_std`` is never materialised) and
     folds inv_std and the weight into one per-channel scale; backward takes every
-    per-channel sum from ``g`` and ``xc`` directly, never forming ``g * weight``."""
+    per-channel sum from ``g`` and ``xc`` directly, never forming ``g * weight``.
+
+    Every step is per channel, so forward and backward each run as one ``parallel``
+    region over blocks of channels: a thread takes its channels through all the steps
+    while they are in its cache, with one hand-off per call rather than one per step,
+    and a channel's numbers do not depend on which others share its block."""
 
     def forward(self, x, *affine, running_mean, running_var, training, momentum, eps):
         be = backends.backend_of(x)
         xp = be.xp
         rows = _channel_rows(x)
-        count = rows.shape[1]
+        channels, count = rows.shape
         self.x_shape, self.use_batch = x.shape, training or running_mean is None
+        if self.use_batch and count < 2 and training:
+            raise ValueError("batch_norm: expected more than 1 value per channel when "
+                             f"training, got input of shape {tuple(x.shape)}")
+        weight, shift = affine if affine else (None, xp.zeros(channels, dtype=x.dtype))
+        # Running statistics and no weight gradient need no xc: the output is then one
+        # affine map, x * scale + (shift - mean * scale), as PyTorch's inference kernel.
+        keep_xc = self.use_batch or (weight is not None and self.needs_grad[1])
         if self.use_batch:
-            if count < 2 and training:
-                raise ValueError("batch_norm: expected more than 1 value per channel when "
-                                 f"training, got input of shape {tuple(x.shape)}")
-            mean = _row_sum(rows) / count
-            xc = be.elementwise(xp.subtract, xp.empty_like(rows), rows, mean[:, None])
-            var = _row_dot(xc, xc) / count  # two-pass (centered): exact for any mean
-            if training and running_mean is not None:
-                # Running statistics: momentum 0.1 by default, unbiased variance (PyTorch).
-                running_mean *= 1 - momentum
-                running_mean += momentum * mean
-                running_var *= 1 - momentum
-                running_var += momentum * var * (count / (count - 1))
+            mean, var = xp.empty(channels, dtype=x.dtype), xp.empty(channels, dtype=x.dtype)
+            ones = xp.ones(count, dtype=x.dtype)
         else:
-            var = running_var
-        self.inv_std = (1 / xp.sqrt(var + eps)).astype(x.dtype, copy=False)
-        self.weight = affine[0] if affine else None
-        scale = self.inv_std if not affine else self.inv_std * affine[0]
-        shift = affine[1] if affine else xp.zeros_like(scale)
-        if not self.use_batch and not (affine and self.needs_grad[1]):
-            # Running statistics, and no weight gradient to need xc: one affine map,
-            # x * scale + (shift - mean * scale), as PyTorch's inference kernel does.
-            self.xc = None
-            out = be.elementwise(_scale_shift, xp.empty_like(rows), rows, scale[:, None],
-                                 (shift - running_mean * scale)[:, None])
-            return _from_channel_rows(out, x.shape)
-        if not self.use_batch:
-            xc = be.elementwise(xp.subtract, xp.empty_like(rows), rows, running_mean[:, None])
-        self.xc = xc
-        out = be.elementwise(_scale_shift, xp.empty_like(xc), xc, scale[:, None], shift[:, None])
+            mean, var = running_mean, running_var
+        inv_std = xp.empty(channels, dtype=x.dtype)
+        xc = xp.empty_like(rows) if keep_xc else None
+        out = xp.empty_like(rows)
+
+        def normalise(c0, c1):
+            b = slice(c0, c1)
+            if self.use_batch:
+                _row_dots(rows[b], ones, out=mean[b])
+                mean[b] /= count
+            if keep_xc:
+                xp.subtract(rows[b], mean[b, None], out=xc[b])
+            if self.use_batch:
+                _row_dots(xc[b], xc[b], out=var[b])  # two-pass (centered): exact for any mean
+                var[b] /= count
+            inv_std[b] = 1 / xp.sqrt(var[b] + eps)
+            scale = inv_std[b] if weight is None else inv_std[b] * weight[b]
+            if keep_xc:
+                _scale_shift(xc[b], scale[:, None], shift[b, None], out=out[b])
+            else:
+                _scale_shift(rows[b], scale[:, None], (shift[b] - mean[b] * scale)[:, None], out=out[b])
+
+        be.parallel(normalise, channels, rows.nbytes)
+        if training and running_mean is not None:
+            # Running statistics: momentum 0.1 by default, unbiased variance (PyTorch).
+            running_mean *= 1 - momentum
+            running_mean += momentum * mean
+            running_var *= 1 - momentum
+            running_var += momentum * var * (count / (count - 1))
+        self.xc, self.inv_std, self.weight = xc, inv_std, weight
         return _from_channel_rows(out, x.shape)
 
     def backward(self, g):
         be = backends.backend_of(g)
         xp = be.xp
-        xc, inv_std = self.xc, self.inv_std
+        xc, inv_std, weight = self.xc, self.inv_std, self.weight
         rows = _channel_rows(g)
-        count = rows.shape[1]
+        channels, count = rows.shape
         # Per-channel sums of g and g * xhat; those of gxhat = g * weight follow from them.
-        g_sum = be.elementwise(_pairwise_row_sum, xp.empty(rows.shape[:1], dtype=rows.dtype), rows)
-        g_xhat = None if xc is None else _row_dot(rows, xc) * inv_std
-        scale = inv_std if self.weight is None else inv_std * self.weight
-        if self.use_batch:
-            # dx = inv_std * (gxhat - mean(gxhat) - xhat * mean(gxhat * xhat))
-            #    = scale * (g - mean(g) - xc * inv_std * mean(g * xhat))
-            gx = be.elementwise(_batch_norm_dx, xp.empty_like(rows), xc, rows,
-                                (-inv_std * g_xhat / count)[:, None], (g_sum / count)[:, None],
-                                scale[:, None])
-        else:
-            gx = be.elementwise(xp.multiply, xp.empty_like(rows), rows, scale[:, None])
+        g_sum = xp.empty(channels, dtype=g.dtype)
+        g_xhat = None if xc is None else xp.empty(channels, dtype=g.dtype)
+        gx = xp.empty_like(rows)
+
+        def backward_block(c0, c1):
+            b = slice(c0, c1)
+            rows[b].sum(axis=1, out=g_sum[b])  # pairwise: the true mean of g cancels
+            if xc is not None:
+                _row_dots(rows[b], xc[b], out=g_xhat[b])
+                g_xhat[b] *= inv_std[b]
+            scale = inv_std[b] if weight is None else inv_std[b] * weight[b]
+            if self.use_batch:
+                # dx = inv_std * (gxhat - mean(gxhat) - xhat * mean(gxhat * xhat))
+                #    = scale * (g - mean(g) - xc * inv_std * mean(g * xhat))
+                _batch_norm_dx(xc[b], rows[b], (-inv_std[b] * g_xhat[b] / count)[:, None],
+                               (g_sum[b] / count)[:, None], scale[:, None], out=gx[b])
+            else:
+                xp.multiply(rows[b], scale[:, None], out=gx[b])
+
+        be.parallel(backward_block, channels, rows.nbytes)
         gx = _from_channel_rows(gx, self.x_shape)
-        if self.weight is None:
+        if weight is None:
             return gx
         return gx, g_xhat, g_sum
 
@@ -315,10 +343,6 @@ class BatchNorm(Function):
 def _scale_shift(x, scale, shift, out):
     backends.get_array_module(x).multiply(x, scale, out=out)
     out += shift
-
-
-def _pairwise_row_sum(rows, out):
-    return rows.sum(axis=1, out=out)  # pairwise, not _row_sum: see there
 
 
 def _batch_norm_dx(xc, g, xc_factor, g_mean, scale, out):
