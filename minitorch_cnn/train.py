@@ -63,6 +63,9 @@ def build_parser():
                "1 failure, 2 bad flags or backend unavailable, 3 NaN/inf loss, 130 interrupted.")
     p.add_argument("--backend", choices=("numpy", "cupy"), default="numpy",
                    help="array backend: numpy (CPU) or cupy (NVIDIA GPU) (default: numpy)")
+    p.add_argument("--threads", type=_number(int, 1), default=None, metavar="N",
+                   help="CPU threads for the numpy backend (default: every core this process "
+                        "may use; see README, Speed)")
     p.add_argument("--model", choices=list(models.MODELS), default=None,
                    help=f"zoo model (default: {DEFAULT_MODEL}: BatchNorm and Adam make it learn "
                         "fast: about 85%% test accuracy after one epoch and 89.4-90.4%% after its "
@@ -423,6 +426,8 @@ def main(argv=None):
     config = resolve_config(args, parser, ckpt)
     if config["record_filters"] and first_conv(models.get_model(config["model"])) is None:
         parser.error(f"--record-filters: model {config['model']} has no Conv2d layer")
+    if args.threads:
+        backends.set_num_threads(args.threads)
     try:
         backend = backends.use_backend(config["backend"])
     except backends.BackendUnavailable as e:

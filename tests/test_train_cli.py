@@ -263,11 +263,22 @@ def test_out_of_memory_suggests_a_smaller_batch(data_dir, tmp_path, monkeypatch,
     assert "smaller --batch-size" in capsys.readouterr().err
 
 
+def test_threads_flag_sets_the_engines_threads(data_dir, tmp_path):
+    before = mt.get_num_threads()
+    try:
+        assert train_mod.main(args(data_dir, tmp_path, "--threads", "3", epochs=1)) == 0
+        assert mt.get_num_threads() == 3
+    finally:
+        mt.set_num_threads(before)
+    assert (tmp_path / "checkpoint.npz").exists()
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--model", "resnet"], "argument --model: invalid choice: 'resnet'"),
     (["--dataset", "imagenet"], "argument --dataset: invalid choice"),
     (["--epochs", "-1"], "argument --epochs: must be >= 0, got -1"),
     (["--batch-size", "0"], "argument --batch-size: must be >= 1"),
+    (["--threads", "0"], "argument --threads: must be >= 1, got 0"),
     (["--lr", "fast"], "argument --lr: expected a number, got 'fast'"),
     (["--lr", "0"], "argument --lr: must be > 0"),
     (["--momentum", "1.5"], "argument --momentum: must be < 1"),
