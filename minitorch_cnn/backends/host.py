@@ -131,26 +131,19 @@ class HostBackend(Backend):
 
     def matmul(self, a, b, out=None):
         """Split by rows of ``a`` or columns of ``b``, whichever is longer; by the inner
-        dimension when the result is small; a stack of products by stack entries."""
+        dimension when the result is small; a stack of products by stack entries.
+        Other shapes (broadcast stacks) run whole."""
         xp = self.xp
-        if a.ndim == 2 and b.ndim in (1, 2):
-            m, depth = a.shape
-            n = b.shape[1] if b.ndim == 2 else 1
-            shape = (m, n) if b.ndim == 2 else (m,)
-        elif a.ndim == 3 and b.ndim == 3 and a.shape[0] == b.shape[0]:
-            stack, m, depth = a.shape
-            n = b.shape[2]
-            shape = (stack, m, n)
-        else:
-            shape = None
-        flops = 2 * m * n * depth * (stack if len(shape or ()) == 3 else 1) if shape else 0
-        nbytes = a.nbytes + b.nbytes
-        large = shape is not None and (flops >= self.WAKE_FLOPS or nbytes >= self.WAKE_BYTES)
-        splittable = shape is not None and (flops >= self.SPLIT_FLOPS or nbytes >= self.SPLIT_BYTES)
-        deep = len(shape or ()) == 2 and (
-            self.threads > 1 and depth >= self.DEEP * (m + n)
-            or m * n <= self.SMALL_RESULT and depth >= 2 * self.DEPTH_CHUNK)
-        with self._mode(large, splittable) as split:
+        dims = _product_dims(a, b)
+        if dims is None:
+            with self._mode(False, False):
+                return xp.matmul(a, b, out=out)
+        stack, m, depth, n, shape = dims
+        flops, nbytes = 2 * stack * m * depth * n, a.nbytes + b.nbytes
+        deep = len(shape) == 2 and (self.threads > 1 and depth >= self.DEEP * (m + n) or
+                                    m * n <= self.SMALL_RESULT and depth >= 2 * self.DEPTH_CHUNK)
+        with self._mode(flops >= self.WAKE_FLOPS or nbytes >= self.WAKE_BYTES,
+                        flops >= self.SPLIT_FLOPS or nbytes >= self.SPLIT_BYTES) as split:
             if not (split or deep) or not flops:
                 return xp.matmul(a, b, out=out)
             if out is None:
@@ -207,6 +200,18 @@ class HostBackend(Backend):
         for p in partial[1:]:
             out += p
         return out
+
+
+def _product_dims(a, b):
+    """(stack, m, depth, n, result shape) of a matrix times a matrix or a vector, or of
+    two equally long stacks of matrices; None for any other product."""
+    if a.ndim == 2 and b.ndim in (1, 2):
+        (m, depth), n = a.shape, b.shape[1] if b.ndim == 2 else 1
+        return 1, m, depth, n, (m, n) if b.ndim == 2 else (m,)
+    if a.ndim == 3 and b.ndim == 3 and a.shape[0] == b.shape[0]:
+        (stack, m, depth), n = a.shape, b.shape[2]
+        return stack, m, depth, n, (stack, m, n)
+    return None
 
 
 def _blas_controllers():
