@@ -78,23 +78,27 @@ class HostBackend(Backend):
         self._ours_until = 0.0
 
     # ---- the two modes ------------------------------------------------------------
-    @contextlib.contextmanager
-    def _mode(self, large, splittable):
-        """Yield whether to split the work at hand, with BLAS on one thread if we are
-        in our mode; plain calls (BLAS on its own threads) otherwise."""
+    def _plan(self, large, splittable):
+        """How to run a piece of work: True to split it across our threads; False to
+        run it whole in our mode (BLAS on one thread, so that its threads stay
+        asleep); None for a plain call, BLAS on its own threads."""
         if self.threads == 1 or self._splitting:  # inside a split, BLAS is on one thread
-            yield False
-            return
-        now = time.perf_counter()
-        ours = now < self._ours_until
-        split = large or (ours and splittable)
-        if not (split or ours):
-            yield False
-            return
+            return None
+        ours = time.perf_counter() < self._ours_until
+        if large or (ours and splittable):
+            return True
+        return False if ours else None
+
+    def _mode(self, split):
+        """The context that ``_plan``'s answer runs in."""
+        return contextlib.nullcontext() if split is None else self._our_mode(split)
+
+    @contextlib.contextmanager
+    def _our_mode(self, split):
         with self._single_threaded_blas():
             self._splitting = split
             try:
-                yield split
+                yield
             finally:
                 self._splitting = False
         if split:
@@ -124,7 +128,8 @@ class HostBackend(Backend):
 
     # ---- the Backend hooks ----------------------------------------------------------
     def parallel(self, body, count, nbytes):
-        with self._mode(nbytes >= self.WAKE_BYTES, nbytes >= self.SPLIT_BYTES) as split:
+        split = self._plan(nbytes >= self.WAKE_BYTES, nbytes >= self.SPLIT_BYTES)
+        with self._mode(split):
             if split and count > 1:
                 return self._run_split(body, count)
             return body(0, count)
@@ -136,14 +141,15 @@ class HostBackend(Backend):
         xp = self.xp
         dims = _product_dims(a, b)
         if dims is None:
-            with self._mode(False, False):
+            with self._mode(self._plan(False, False)):
                 return xp.matmul(a, b, out=out)
         stack, m, depth, n, shape = dims
         flops, nbytes = 2 * stack * m * depth * n, a.nbytes + b.nbytes
         deep = len(shape) == 2 and (self.threads > 1 and depth >= self.DEEP * (m + n) or
                                     m * n <= self.SMALL_RESULT and depth >= 2 * self.DEPTH_CHUNK)
-        with self._mode(flops >= self.WAKE_FLOPS or nbytes >= self.WAKE_BYTES,
-                        flops >= self.SPLIT_FLOPS or nbytes >= self.SPLIT_BYTES) as split:
+        split = self._plan(flops >= self.WAKE_FLOPS or nbytes >= self.WAKE_BYTES,
+                           flops >= self.SPLIT_FLOPS or nbytes >= self.SPLIT_BYTES)
+        with self._mode(split):
             if not (split or deep) or not flops:
                 return xp.matmul(a, b, out=out)
             if out is None:
