@@ -61,6 +61,10 @@ class Backend:
         """Run ``body(start, stop)`` over ``range(count)``, ``nbytes`` the work's size."""
         body(0, count)
 
+    def splits(self, nbytes):
+        """Whether ``parallel`` may split work of ``nbytes`` (never, here)."""
+        return False
+
     def matmul(self, a, b, out=None):
         """``a @ b``: every matrix product of the engine goes through here."""
         return self.xp.matmul(a, b, out=out)
@@ -68,11 +72,11 @@ class Backend:
     def elementwise(self, fn, out, *inputs):
         """``fn(*inputs, out=out)`` (a ufunc, or a function of that form), run on
         matching blocks along ``out``'s outermost axis in memory: for our activations,
-        the channels. Inputs have ``out``'s number of dimensions; one of size 1 on that
-        axis (a per-channel vector is not: a broadcast row is) is passed whole, as are
-        scalars. Returns ``out``."""
-        if out.ndim == 0:
-            return fn(*inputs, out=out)
+        the channels. Inputs have ``out``'s number of dimensions; one of length 1 on
+        that axis (broadcast along it) is passed whole, as are scalars. Returns ``out``."""
+        if out.ndim == 0 or not self.splits(out.nbytes):
+            fn(*inputs, out=out)
+            return out
         axis = max(range(out.ndim), key=lambda d: abs(out.strides[d]) if out.shape[d] > 1 else -1)
         lead = (slice(None),) * axis
 

@@ -130,6 +130,9 @@ class HostBackend(Backend):
                 helper.result()
 
     # ---- the Backend hooks ----------------------------------------------------------
+    def splits(self, nbytes):
+        return self.threads > 1 and nbytes >= min(self.SPLIT_BYTES, self.WAKE_BYTES)
+
     def parallel(self, body, count, nbytes):
         split = self._plan(nbytes >= self.WAKE_BYTES, nbytes >= self.SPLIT_BYTES)
         with self._mode(split):

@@ -151,8 +151,11 @@ class Linear(Function):
         if x.shape[-1] != w.shape[1]:
             raise ValueError(f"linear: input has {x.shape[-1]} features, weight {tuple(w.shape)} expects {w.shape[1]}")
         self.x, self.w, self.has_bias = x, w, bool(bias)
-        out = backends.backend_of(x).matmul(x.reshape(-1, x.shape[-1]), w.T)
-        out = out.reshape(x.shape[:-1] + w.shape[:1])
+        if x.ndim == 2:
+            out = backends.backend_of(x).matmul(x, w.T)
+        else:
+            out = backends.backend_of(x).matmul(x.reshape(-1, x.shape[-1]), w.T)
+            out = out.reshape(x.shape[:-1] + w.shape[:1])
         if bias:
             out += bias[0]
         return out
