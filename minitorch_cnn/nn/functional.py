@@ -35,7 +35,8 @@ def _row_dots(a, b, out):
     ``out``, without a temporary of a's size. Each row is a product of its own, so its
     result does not depend on which rows are computed with it."""
     b = b[:, :, None] if b.ndim == 2 else b[None, :, None]
-    return backends.get_array_module(a).matmul(a[:, None, :], b, out=out[:, None, None])
+    out[...] = backends.get_array_module(a).matmul(a[:, None, :], b).reshape(out.shape)
+    return out
 
 
 def _pair(value, name):
