@@ -108,7 +108,7 @@ class SGD(Optimizer):
                 buf = state["momentum_buffer"] = d_p.copy()
             else:
                 buf *= momentum
-                buf += (1 - group["dampening"]) * d_p
+                buf += (1 - group["dampening"]) * d_p if group["dampening"] else d_p
             d_p = d_p + momentum * buf if group["nesterov"] else buf
         param -= group["lr"] * d_p
 
