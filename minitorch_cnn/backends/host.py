@@ -196,14 +196,18 @@ class HostBackend(Backend):
 
         def product(first, stop):
             for p in range(first, stop):
-                begin, end, scratch = chunks * p // parts, chunks * (p + 1) // parts, None
-                for c in range(begin, end):
-                    lo, hi = bounds[c], bounds[c + 1]
-                    if c == begin:
-                        xp.matmul(a[:, lo:hi], b[lo:hi], out=partial[p])
-                    else:
-                        scratch = xp.matmul(a[:, lo:hi], b[lo:hi], out=scratch)
-                        partial[p] += scratch
+                lo, hi = bounds[chunks * p // parts], bounds[chunks * (p + 1) // parts]
+                whole = (hi - lo) // step  # chunks of full depth in [lo, hi)
+                full = lo + whole * step
+                if whole > 1:  # one call for all of them: a stack of products, summed
+                    stack = xp.matmul(a[:, lo:full].reshape(m, whole, step).transpose(1, 0, 2),
+                                      b[lo:full].reshape(whole, step, n))
+                    stack.sum(axis=0, out=partial[p])
+                else:  # one chunk, or only the last, shorter one
+                    end = full if whole else hi
+                    xp.matmul(a[:, lo:end], b[lo:end], out=partial[p])
+                if whole and full < hi:
+                    partial[p] += xp.matmul(a[:, full:hi], b[full:hi])
 
         if split:
             self._run_split(product, parts)
