@@ -171,6 +171,17 @@ def test_relu(shape):
     check_op(None, TF.relu, F.relu, inputs=[x])
 
 
+def test_relu_of_a_conv_output_a_scalar_and_nan():
+    """ReLU compares against zeros along the input's innermost axis in memory: batch-
+    innermost conv outputs, 0-d tensors and NaN (which propagates, as in PyTorch)."""
+    check_op([(5, 2, 6, 7), (3, 2, 3, 3)], lambda x, w: TF.relu(TF.conv2d(x, w)),
+             lambda x, w: F.relu(F.conv2d(x, w)), low=-1, high=1, atol=1e-4)
+    x = np.array([np.nan, -1.0, 0.0, 2.0], dtype=np.float32)
+    np.testing.assert_array_equal(to_numpy(F.relu(mt.tensor(x))), TF.relu(torch.tensor(x)).numpy())
+    for value in (-3.0, 0.0, 4.5):
+        assert float(to_numpy(F.relu(mt.tensor(np.float32(value))))) == max(value, 0.0)
+
+
 # --------------------------------------------------------------------------- dropout
 @pytest.mark.parametrize("fn", ["dropout", "dropout2d"])
 def test_dropout_identity_cases(fn):

@@ -180,12 +180,24 @@ def linear(input, weight, bias=None):
 class ReLU(Function):
     def forward(self, x):
         be = backends.backend_of(x)
-        self.out = be.elementwise(be.xp.maximum, be.xp.empty_like(x), x, 0)  # x's memory layout
+        self.out = be.elementwise(be.xp.maximum, be.xp.empty_like(x), x, _zero_row(x))  # x's layout
         return self.out
 
     def backward(self, g):
         be = backends.backend_of(g)
         return be.elementwise(_pass_positive, be.xp.empty_like(self.out), g, self.out)
+
+
+def _zero_row(x):
+    """Zeros that broadcast along ``x``'s innermost axis in memory. NumPy's ``maximum``
+    against the scalar 0 takes a loop 1.3-2x slower than against such a row (12.8 MB:
+    1.05 -> 0.66-0.95 ms; lenet's 1.4 MB: 0.113 -> 0.058 ms, measured)."""
+    if x.ndim == 0:
+        return 0
+    inner = min(range(x.ndim), key=lambda d: abs(x.strides[d]) if x.shape[d] > 1 else float("inf"))
+    shape = [1] * x.ndim
+    shape[inner] = x.shape[inner]
+    return backends.get_array_module(x).zeros(shape, dtype=x.dtype)
 
 
 def _pass_positive(g, y, out):
