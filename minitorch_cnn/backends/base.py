@@ -55,8 +55,8 @@ class Backend:
     # Every image kernel below is independent per channel, and channels are the
     # outermost axis of the CHWN layout, so a range of channels is one contiguous block
     # of memory. A backend that can run blocks at once (the NumPy backend's threads,
-    # see backends/host.py) overrides these two; here each is one call, as a GPU
-    # already parallelises inside every array operation.
+    # see backends/host.py) overrides parallel, splits and matmul; here each piece of
+    # work is one call, as a GPU already parallelises inside every array operation.
     def parallel(self, body, count, nbytes):
         """Run ``body(start, stop)`` over ``range(count)``, ``nbytes`` the work's size."""
         body(0, count)
