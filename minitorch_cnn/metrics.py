@@ -98,7 +98,13 @@ def _figure():
     return fig, fig.add_subplot(1, 1, 1)
 
 
-def _save_png(fig, path):
+def _finish(fig, ax, xlabel, ylabel, title, path):
+    """Label, grid and legend the axes, then write the PNG atomically."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
     return atomic_write(path, lambda f: fig.savefig(f, format="png"))
 
 
@@ -114,12 +120,7 @@ def plot_loss(rows, path, title=""):
     ax.plot([r["step"] for r in steps], [r["train_loss"] for r in steps], lw=1, label="training loss")
     ax.plot([r["step"] for r in epochs], [r["test_loss"] for r in epochs], "o", color="tab:red",
             label="test loss (epoch end)")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title(title or "loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return _save_png(fig, path)
+    return _finish(fig, ax, "step", "loss", title or "loss", path)
 
 
 def plot_error(rows, path, title=""):
@@ -129,12 +130,7 @@ def plot_error(rows, path, title=""):
     for column, label in (("train_acc", "training error"), ("val_acc", "validation error")):
         points = [(r["epoch"], 1 - r[column]) for r in epochs if _finite(r[column])]
         ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=label)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("error")
-    ax.set_title(title or "error")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return _save_png(fig, path)
+    return _finish(fig, ax, "epoch", "error", title or "error", path)
 
 
 def plot_metrics(csv_path, out_dir=None, title=""):

@@ -50,23 +50,34 @@ def requested_backends():
     return names
 
 
+SPLIT_LIMITS = ("WAKE_BYTES", "WAKE_FLOPS", "SPLIT_BYTES", "SPLIT_FLOPS")
+
+
 @contextlib.contextmanager
 def split_everything(threads=2):
     """The NumPy backend on ``threads`` threads, splitting all work between them."""
     host = mt.backends.get_backend_by_name("numpy")
     previous = host.threads
     host.set_num_threads(threads)
-    for limit in ("WAKE_BYTES", "WAKE_FLOPS", "SPLIT_BYTES", "SPLIT_FLOPS"):
+    for limit in SPLIT_LIMITS:
         setattr(host, limit, 0)
     try:
         yield host
     finally:
-        for limit in ("WAKE_BYTES", "WAKE_FLOPS", "SPLIT_BYTES", "SPLIT_FLOPS"):
+        for limit in SPLIT_LIMITS:
             delattr(host, limit)
         host.set_num_threads(previous)
 
 
 BACKENDS = requested_backends()
+
+
+def skip_without_cupy():
+    """Skip the test, with the reason, unless the CuPy backend can run here."""
+    try:
+        mt.backends.get_backend_by_name("cupy")
+    except mt.BackendUnavailable as exc:
+        pytest.skip(f"CuPy/GPU not available: {exc}")
 
 
 def activate_backend(name):

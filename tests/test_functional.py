@@ -261,24 +261,32 @@ def _bn_buffers(c, seed=5):
     return rng.uniform(-1, 1, c).astype(np.float32), rng.uniform(0.5, 2.0, c).astype(np.float32)
 
 
-@pytest.mark.parametrize("shape", [(4, 3, 5, 6), (8, 4), (1, 2, 3, 3)], ids=["4d", "2d", "4d_batch1"])
-@pytest.mark.parametrize("affine", [True, False], ids=["affine", "no_affine"])
-@pytest.mark.parametrize("momentum,eps", [(0.1, 1e-5), (0.3, 1e-3)])
-def test_batch_norm_training(shape, affine, momentum, eps):
+def _bn_twins(shape, affine, **options):
+    """Input shapes for check_op, the initial running buffers, each framework's copy of
+    them, and batch_norm in each framework with ``options`` (training, momentum, eps)."""
     c = shape[1]
     rm0, rv0 = _bn_buffers(c)
     t_rm, t_rv = torch.tensor(rm0), torch.tensor(rv0)
     m_rm, m_rv = mt.tensor(rm0.copy()), mt.tensor(rv0.copy())
-    shapes = [shape] + ([(c,), (c,)] if affine else [])
 
     def tfn(x, *wb):
         w, b = wb if wb else (None, None)
-        return TF.batch_norm(x, t_rm, t_rv, w, b, training=True, momentum=momentum, eps=eps)
+        return TF.batch_norm(x, t_rm, t_rv, w, b, **options)
 
     def mfn(x, *wb):
         w, b = wb if wb else (None, None)
-        return F.batch_norm(x, m_rm, m_rv, w, b, training=True, momentum=momentum, eps=eps)
+        return F.batch_norm(x, m_rm, m_rv, w, b, **options)
 
+    shapes = [shape] + ([(c,), (c,)] if affine else [])
+    return shapes, (rm0, rv0), (t_rm, t_rv), (m_rm, m_rv), tfn, mfn
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 5, 6), (8, 4), (1, 2, 3, 3)], ids=["4d", "2d", "4d_batch1"])
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "no_affine"])
+@pytest.mark.parametrize("momentum,eps", [(0.1, 1e-5), (0.3, 1e-3)])
+def test_batch_norm_training(shape, affine, momentum, eps):
+    shapes, _, (t_rm, t_rv), (m_rm, m_rv), tfn, mfn = _bn_twins(
+        shape, affine, training=True, momentum=momentum, eps=eps)
     check_op(shapes, tfn, mfn, low=[-2, 0.5, -1] if affine else -2, high=[3, 1.5, 1] if affine else 3,
              atol=1e-4, rtol=1e-4, grad_atol=2e-4)
     assert_close(m_rm, t_rm, atol=1e-5, rtol=1e-5, what="running_mean")
@@ -303,20 +311,7 @@ def test_batch_norm_running_var_is_unbiased_by_hand():
     (True, [False, True, True]),
 ], ids=["affine", "no_affine", "frozen_affine", "frozen_input"])
 def test_batch_norm_eval(shape, affine, requires_grad):
-    c = shape[1]
-    rm0, rv0 = _bn_buffers(c)
-    t_rm, t_rv = torch.tensor(rm0), torch.tensor(rv0)
-    m_rm, m_rv = mt.tensor(rm0.copy()), mt.tensor(rv0.copy())
-    shapes = [shape] + ([(c,), (c,)] if affine else [])
-
-    def tfn(x, *wb):
-        w, b = wb if wb else (None, None)
-        return TF.batch_norm(x, t_rm, t_rv, w, b, training=False)
-
-    def mfn(x, *wb):
-        w, b = wb if wb else (None, None)
-        return F.batch_norm(x, m_rm, m_rv, w, b, training=False)
-
+    shapes, (rm0, rv0), _, (m_rm, m_rv), tfn, mfn = _bn_twins(shape, affine, training=False)
     check_op(shapes, tfn, mfn, requires_grad=requires_grad)
     np.testing.assert_array_equal(to_numpy(m_rm), rm0, err_msg="eval mode changed running_mean")
     np.testing.assert_array_equal(to_numpy(m_rv), rv0, err_msg="eval mode changed running_var")

@@ -14,7 +14,7 @@ import torch
 import torch.nn as tnn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from optest import assert_close, mt_backend, to_numpy  # noqa: E402,F401  (mt_backend: autouse fixture)
+from optest import assert_close, mt_backend, skip_without_cupy, to_numpy  # noqa: E402,F401  (mt_backend: autouse fixture)
 
 import minitorch_cnn as mt  # noqa: E402
 import minitorch_cnn.nn as nn  # noqa: E402
@@ -450,11 +450,7 @@ def test_module_to_numpy():
 
 
 def test_module_to_cupy_and_back():
-    try:
-        with mt.backend("cupy"):
-            pass
-    except mt.BackendUnavailable as exc:
-        pytest.skip(f"CuPy/GPU not available: {exc}")
+    skip_without_cupy()
     mt.manual_seed(1)
     net = build_net(nn).eval()
     xn = rand(*NET_INPUT, seed=91)

@@ -9,20 +9,13 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from optest import mt_backend  # noqa: E402,F401  (mt_backend: autouse fixture)
+from optest import mt_backend, skip_without_cupy  # noqa: E402,F401  (mt_backend: autouse fixture)
 
 import minitorch_cnn as mt  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAVE_CUPY = importlib.util.find_spec("cupy") is not None
 
-
-def _cupy_or_skip():
-    try:
-        with mt.backend("cupy"):
-            pass
-    except mt.BackendUnavailable as exc:
-        pytest.skip(f"CuPy/GPU not available: {exc}")
 
 
 # --------------------------------------------------------------------------- creation
@@ -314,7 +307,7 @@ def test_tensor_to_same_backend():
 
 
 def test_mixing_backends_raises():
-    _cupy_or_skip()
+    skip_without_cupy()
     with mt.backend("numpy"):
         a = mt.tensor([1.0, 2.0])
     with mt.backend("cupy"):
@@ -326,7 +319,7 @@ def test_mixing_backends_raises():
 
 
 def test_to_copies_across_backends():
-    _cupy_or_skip()
+    skip_without_cupy()
     with mt.backend("numpy"):
         a = mt.tensor(np.arange(4, dtype=np.float32))
     b = a.to("cupy")

@@ -144,14 +144,13 @@ class Backend:
         oh, ow = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
         k, cout = c * kh * kw, w2.shape[0]
         total = k * oh * ow * n * x.dtype.itemsize
-        block = self.cache_block_bytes
-        if block is None or total <= 2 * block:
+        rows = self._rows_per_block(oh, total)
+        if rows is None:
             cols = self.im2col(x, kh, kw, sh, sw, ph, pw).reshape(k, -1)
             out = self.matmul(w2, cols)
             if bias is not None:
                 self.elementwise(xp.add, out, out, bias[:, None])
             return out.reshape(cout, oh, ow, n), cols if keep_cols else None
-        rows = self._rows_per_block(oh, total)
         starts = range(0, oh, rows)
         win = self.windows(self.pad(x, ph, pw), kh, kw, sh, sw, oh, ow)
         cols = xp.empty(win.shape, dtype=x.dtype) if keep_cols else None
@@ -172,9 +171,12 @@ class Backend:
         return out, cols.reshape(k, -1) if keep_cols else None
 
     def _rows_per_block(self, oh, total):
-        """Output rows per block, for work of ``total`` bytes over ``oh`` rows: blocks of
+        """Output rows per block, for work of ``total`` bytes over ``oh`` rows, or None to
+        do the work whole (no ``cache_block_bytes``, or it fits in two blocks): blocks of
         at most ``cache_block_bytes``, their count a multiple of the threads where the
         rows allow it, so that every thread gets as many."""
+        if self.cache_block_bytes is None or total <= 2 * self.cache_block_bytes:
+            return None
         target = -(-total // self.cache_block_bytes)
         target = -(-target // self.threads) * self.threads
         rows = max(1, -(-oh // target))
@@ -195,11 +197,10 @@ class Backend:
         cout = gc.shape[0]
         oh, ow = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
         total = c * kh * kw * gc.shape[1] * gc.dtype.itemsize
-        block = self.cache_block_bytes
-        if block is None or total <= 2 * block:
+        rows = self._rows_per_block(oh, total)
+        if rows is None:
             dcols = self.matmul(w2.T, gc).reshape(c, kh, kw, oh, ow, n)
             return self.col2im(dcols, x_shape, sh, sw, ph, pw)
-        rows = self._rows_per_block(oh, total)
         by_row = gc.reshape(cout, oh, -1)
         dx = xp.zeros((c, h + 2 * ph, w + 2 * pw, n), dtype=gc.dtype)
 
