@@ -8,8 +8,9 @@ setup(
     description="A from-scratch deep-learning engine for CNNs on NumPy and CuPy, checked against PyTorch",
     packages=find_packages(include=["minitorch_cnn", "minitorch_cnn.*", "reference"]),
     python_requires=">=3.9",
-    # The CuPy backend compiles these CUDA sources at run time (see backends/cupy_backend.py).
-    data_files=[("share/minitorch_cnn/kernels", sorted(glob.glob("kernels/*.cu")))],
+    # The backends compile these kernel sources at run time: CUDA for CuPy (see
+    # backends/cupy_backend.py), C for NumPy (backends/host_kernels.py).
+    data_files=[("share/minitorch_cnn/kernels", sorted(glob.glob("kernels/*.cu") + glob.glob("kernels/*.c")))],
     # The engine itself needs NumPy alone; tqdm draws the training progress bar and
     # matplotlib the curves and pictures of `train` and `inspect`.
     install_requires=["numpy>=1.23", "threadpoolctl", "tqdm", "matplotlib"],

@@ -108,13 +108,6 @@ def test_each_cause_gets_its_reason(monkeypatch, fake, expected):
     assert "\n" not in str(info.value)
 
 
-def test_kernel_sources_are_found_and_a_missing_one_is_named(monkeypatch, tmp_path):
-    assert "im2col_float32" in cupy_backend.read_kernel_source("im2col.cu")
-    monkeypatch.setattr(cupy_backend, "kernel_source_dirs", lambda: (tmp_path / "a", tmp_path / "b"))
-    with pytest.raises(FileNotFoundError, match=r"'im2col\.cu' not found; looked in .*a, .*b"):
-        cupy_backend.read_kernel_source("im2col.cu")
-
-
 # ------------------------------------------------------------------- on a GPU, with CuPy
 @pytest.fixture
 def gpu():

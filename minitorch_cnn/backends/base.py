@@ -88,6 +88,11 @@ class Backend:
         self.parallel(block, out.shape[axis], out.nbytes)
         return out
 
+    def relu_backward(self, g, y):
+        """ReLU's gradient from its output ``y``: ``g`` where ``y > 0``, else 0."""
+        xp = self.xp
+        return self.elementwise(lambda g, y, out: xp.multiply(g, y > 0, out=out), xp.empty_like(y), g, y)
+
     # ---- random numbers -------------------------------------------------------
     def seed(self, seed):
         """Reseed this backend's generator (dropout masks, randn)."""

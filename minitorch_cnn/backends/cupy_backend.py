@@ -20,13 +20,11 @@ Running out of GPU memory raises ``cupy.cuda.memory.OutOfMemoryError``, a
 """
 import functools
 import math
-import os
-import sysconfig
-from pathlib import Path
 
 import numpy as np
 
 from .base import Backend, BackendUnavailable, out_size
+from .sources import read_kernel_source
 
 INSTALL_HINT = "pip install 'minitorch_cnn[cuda12]' (CUDA 12) or 'minitorch_cnn[cuda13]' (CUDA 13)"
 
@@ -63,27 +61,6 @@ _PROBE_SOURCE = r'extern "C" __global__ void mt_probe(float* x) { x[threadIdx.x]
 def entry_point(kernel, dtype):
     """The C name of ``kernel``'s entry point for ``dtype``, e.g. ``im2col_float32``."""
     return f"{kernel}_{np.dtype(dtype).name}"
-
-
-def kernel_source_dirs():
-    """Where the ``.cu`` sources can be: the source checkout (which an editable install
-    uses), then the data folders a wheel installs them to (``share/minitorch_cnn/kernels``
-    under the environment's or the user's data path)."""
-    share = Path("share", "minitorch_cnn", "kernels")
-    return (Path(__file__).resolve().parents[2] / "kernels",
-            Path(sysconfig.get_path("data")) / share,
-            Path(sysconfig.get_path("data", f"{os.name}_user")) / share)
-
-
-def read_kernel_source(filename):
-    """The text of ``kernels/<filename>`` from the first folder that has it."""
-    dirs = kernel_source_dirs()
-    for folder in dirs:
-        path = folder / filename
-        if path.is_file():
-            return path.read_text(encoding="utf-8")
-    raise FileNotFoundError(f"CUDA kernel source {filename!r} not found; looked in "
-                            + ", ".join(str(d) for d in dirs))
 
 
 def launch_blocks(total):

@@ -17,13 +17,21 @@ smaller work between runs on one thread with BLAS on one thread, and BLAS's thre
 stay asleep. Without large work (a small network at a small batch) the backend is as
 with one thread: BLAS runs each product on its own threads. The caller's BLAS
 setting is restored after every call, so NumPy outside the engine is unaffected.
+
+Max pooling and ReLU's backward run C kernels (``kernels/host.c``, see
+``host_kernels.py``) on float32 arrays where they can be built, on the same blocks of
+channels; elsewhere the generic NumPy bodies, which give the same numbers.
 """
 import contextlib
 import os
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
-from .base import Backend
+import numpy as np
+
+from . import host_kernels
+from .base import Backend, out_size
 
 
 def available_cores():
@@ -67,6 +75,8 @@ class HostBackend(Backend):
         self._blas = None
         self._ours_until = 0.0
         self._splitting = False
+        self.kernels, self.kernels_unavailable = None, "not loaded yet"
+        self._kernels_tried = False
         self.set_num_threads(available_cores())
 
     def set_num_threads(self, threads):
@@ -216,6 +226,80 @@ class HostBackend(Backend):
         for p in partial[1:]:
             out += p
         return out
+
+
+    # ---- the C kernels ----------------------------------------------------------------
+    def _kernels_for(self, *arrays):
+        """The C kernel library if every array is float32 (the kernels' only dtype),
+        else None. The first call loads it; where it cannot be, a warning says once
+        why, and the generic bodies run."""
+        if not self._kernels_tried:
+            self._kernels_tried = True
+            try:
+                self.kernels, self.kernels_unavailable = host_kernels.load(), None
+            except host_kernels.KernelsUnavailable as exc:
+                self.kernels_unavailable = str(exc)
+                if os.environ.get(host_kernels.SWITCH_ENV, "1").strip() != "0":
+                    warnings.warn(f"minitorch_cnn: the NumPy backend's C kernels are unavailable "
+                                  f"({exc}); max pooling and ReLU run slower NumPy code",
+                                  RuntimeWarning, stacklevel=3)
+        if self.kernels is None or any(a.dtype != np.float32 for a in arrays):
+            return None
+        return self.kernels
+
+    def max_pool(self, x, kh, kw, sh, sw, ph, pw):
+        """Window maxima and, as the routing, the uint8 offset of each window's first
+        maximum, in one pass (the CUDA kernel's routing too; see base.Backend.max_pool)."""
+        lib = self._kernels_for(x)
+        if lib is None or kh * kw > 256:  # a uint8 offset
+            return super().max_pool(x, kh, kw, sh, sw, ph, pw)
+        c, h, w, n = x.shape
+        oh, ow = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
+        x = np.ascontiguousarray(x)
+        out = np.empty((c, oh, ow, n), dtype=x.dtype)
+        arg = np.empty(out.shape, dtype=np.uint8)
+        geometry = (h, w, n, kh, kw, sh, sw, ph, pw, oh, ow)
+        self.parallel(lambda a, b: lib.max_pool(_at(x, a), _at(out, a), _at(arg, a), b - a, *geometry),
+                      c, x.nbytes)
+        return out, arg
+
+    def max_pool_backward(self, dout, routing, x_shape, kh, kw, sh, sw, ph, pw):
+        lib = self._kernels_for(dout)
+        if lib is None or not isinstance(routing, np.ndarray):  # the generic forward's routing
+            return super().max_pool_backward(dout, routing, x_shape, kh, kw, sh, sw, ph, pw)
+        c, h, w, n = x_shape
+        _, oh, ow, _ = dout.shape
+        dout, arg = np.ascontiguousarray(dout), np.ascontiguousarray(routing)
+        dx = np.empty(x_shape, dtype=dout.dtype)
+        geometry = (h, w, n, kh, kw, sh, sw, ph, pw, oh, ow)
+        self.parallel(lambda a, b: lib.max_pool_backward(_at(dout, a), _at(arg, a), _at(dx, a), b - a,
+                                                         *geometry),
+                      c, dx.nbytes)
+        return dx
+
+    def relu_backward(self, g, y):
+        lib = self._kernels_for(g, y)
+        flat_g, flat_y = _in_memory_order(g), _in_memory_order(y)
+        if lib is None or g.strides != y.strides or flat_g is None or flat_y is None:
+            return super().relu_backward(g, y)
+        dx = np.empty_like(y)  # y's layout, so dx's memory order is g's and y's
+        flat_dx = _in_memory_order(dx)
+        self.parallel(lambda a, b: lib.relu_backward(_at(flat_g, a), _at(flat_y, a), _at(flat_dx, a), b - a),
+                      y.size, y.nbytes)
+        return dx
+
+
+def _at(array, index):
+    """The address of ``array[index]`` (an index along the first axis)."""
+    return array.ctypes.data + index * array.strides[0]
+
+
+def _in_memory_order(a):
+    """``a``'s elements in memory order, as a 1-D view, if they fill one dense block of
+    memory with positive strides (any order of the axes); else None."""
+    order = sorted(range(a.ndim), key=lambda d: a.strides[d], reverse=True)
+    dense = a.transpose(order)
+    return dense.reshape(-1) if dense.flags.c_contiguous else None
 
 
 def _product_dims(a, b):

@@ -1,0 +1,203 @@
+"""The NumPy backend's C kernels (kernels/host.c, backends/host_kernels.py).
+
+Each kernel is compared, exactly, with the generic NumPy body it replaces
+(``Backend.max_pool(backend, ...)`` and so on), on one thread and split across
+threads; then the loader: its cache, its failures, and the backend's fallback. The op
+suites (test_functional.py and the others) run through these kernels too, wherever
+they can be built. Skips, with the reason, where they cannot (no C compiler).
+"""
+import os
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+
+import minitorch_cnn as mt
+import minitorch_cnn.nn.functional as F
+from minitorch_cnn.backends import host_kernels, sources
+from minitorch_cnn.backends.base import Backend
+from minitorch_cnn.backends.host import HostBackend
+from optest import split_everything
+from test_kernels import POOL_WINDOWS, _first_argmax, _ids, _pool_input, _rng
+
+
+@pytest.fixture(params=[1, 2], ids=["whole", "split"])
+def host(request):
+    """The NumPy backend with its C kernels, whole or with every piece of work split."""
+    be = mt.backends.get_backend_by_name("numpy")
+    be._kernels_for()
+    if be.kernels is None:
+        pytest.skip(f"the C kernels are unavailable here: {be.kernels_unavailable}")
+    if request.param == 1:
+        yield be
+    else:
+        with split_everything() as be:
+            yield be
+
+
+@pytest.mark.parametrize("values", ["random", "ties", "negative"])
+@pytest.mark.parametrize("case", POOL_WINDOWS, ids=_ids)
+def test_max_pool_and_backward_match_the_generic_path(host, case, values):
+    c, h, w, n, kh, kw, sh, sw, ph, pw = case
+    window = (kh, kw, sh, sw, ph, pw)
+    rng = _rng(case, np.float32)
+    x = _pool_input(rng, (c, h, w, n), values, np.float32)
+    out, arg = host.max_pool(x, *window)
+    want_out, routing = Backend.max_pool(host, x, *window)
+    assert arg.dtype == np.uint8
+    np.testing.assert_array_equal(out, want_out)
+    np.testing.assert_array_equal(arg, _first_argmax(host, x, want_out, *window))
+
+    dout = rng.standard_normal(out.shape).astype(np.float32)
+    np.testing.assert_array_equal(host.max_pool_backward(dout, arg, x.shape, *window),
+                                  Backend.max_pool_backward(host, dout, routing, x.shape, *window))
+
+
+def test_max_pool_propagates_nan(host):
+    x = _pool_input(np.random.default_rng(11), (3, 9, 9, 4), "nan", np.float32)
+    out, _ = host.max_pool(x, 3, 3, 2, 2, 1, 1)
+    want = Backend.max_pool(host, x, 3, 3, 2, 2, 1, 1)[0]
+    assert np.isnan(want).any() and not np.isnan(want).all()
+    np.testing.assert_array_equal(out, want)
+
+
+def test_other_dtypes_and_large_windows_take_the_generic_path(host):
+    x = np.random.default_rng(3).standard_normal((2, 17, 17, 3))
+    for dtype, window in [(np.float64, 2), (np.float16, 2), (np.float32, 17)]:
+        _, routing = host.max_pool(x.astype(dtype), window, window, 1, 1, 0, 0)
+        assert isinstance(routing, tuple)  # the generic body's (padded input, maxima)
+    _, routing = host.max_pool(x.astype(np.float32), 16, 16, 1, 1, 0, 0)  # offsets up to 255
+    assert isinstance(routing, np.ndarray)
+
+
+def _relu_case(layout):
+    """(g, y) of shape (N, C, H, W) = (3, 4, 5, 6) in the given memory layout."""
+    rng = np.random.default_rng(5)
+    g, y = (rng.standard_normal((4, 5, 6, 3)).astype(np.float32) for _ in range(2))
+    y[0, 0, 0] = 0.0  # y > 0 is strict
+    if layout == "chwn":  # our image ops' outputs: NCHW views of CHWN memory
+        return g.transpose(3, 0, 1, 2), y.transpose(3, 0, 1, 2)
+    if layout == "nchw":
+        return np.ascontiguousarray(g.transpose(3, 0, 1, 2)), np.ascontiguousarray(y.transpose(3, 0, 1, 2))
+    if layout == "mixed":  # different layouts: no common memory order
+        return np.ascontiguousarray(g.transpose(3, 0, 1, 2)), y.transpose(3, 0, 1, 2)
+    if layout == "strided":  # not one dense block
+        return g.transpose(3, 0, 1, 2)[:, :, ::2], y.transpose(3, 0, 1, 2)[:, :, ::2]
+    raise ValueError(layout)
+
+
+@pytest.mark.parametrize("layout", ["chwn", "nchw", "mixed", "strided"])
+def test_relu_backward_matches_the_generic_path(host, layout, monkeypatch):
+    g, y = _relu_case(layout)
+    kernel_calls = []
+    real = host.kernels.relu_backward
+    monkeypatch.setattr(host.kernels, "relu_backward", lambda *a: kernel_calls.append(a) or real(*a))
+    dx = host.relu_backward(g, y)
+    np.testing.assert_array_equal(dx, Backend.relu_backward(host, g, y))
+    assert dx.strides == np.empty_like(y).strides  # y's memory order
+    assert bool(kernel_calls) == (layout in ("chwn", "nchw"))
+
+
+def test_relu_backward_stops_inf_and_nan_where_relu_was_off(host):
+    """As PyTorch's threshold_backward: no gradient at all where y <= 0, not g * 0."""
+    g = np.array([np.inf, np.nan, 2.0, -np.inf], dtype=np.float32)
+    y = np.array([0.0, -1.0, 3.0, 1.0], dtype=np.float32)
+    np.testing.assert_array_equal(host.relu_backward(g, y), [0.0, 0.0, 2.0, -np.inf])
+
+
+def test_relu_and_pool_ops_through_the_kernels(host):
+    """F.relu and F.max_pool2d forward and backward on the kernels, against the generic bodies."""
+    x0 = np.random.default_rng(2).integers(-2, 3, size=(4, 3, 10, 10)).astype(np.float32)
+
+    def run():
+        x = mt.tensor(x0, requires_grad=True)
+        y = F.max_pool2d(F.relu(x), 3, 2, 1)
+        (y * mt.tensor(np.arange(y.numel(), dtype=np.float32).reshape(y.shape))).sum().backward()
+        return y.numpy(), x.grad.numpy()
+
+    with_kernels = run()
+    kernels, host.kernels = host.kernels, None
+    try:
+        generic = run()
+    finally:
+        host.kernels = kernels
+    for got, want in zip(with_kernels, generic):
+        np.testing.assert_array_equal(got, want)
+
+
+# ------------------------------------------------------------------------------ the loader
+@pytest.fixture
+def cache(monkeypatch, tmp_path):
+    monkeypatch.setenv(host_kernels.CACHE_ENV, str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_build_caches_one_library_per_machine(cache):
+    if shutil.which(host_kernels.compiler()[0]) is None:
+        pytest.skip("no C compiler (cc or $CC) on PATH")
+    first = host_kernels.build()
+    assert first.parent == cache and first.suffix == ".so"
+    mtime = first.stat().st_mtime_ns
+    assert host_kernels.build() == first and first.stat().st_mtime_ns == mtime  # reused
+    assert [p.name for p in cache.iterdir()] == [first.name]  # no partial file left
+
+
+def test_a_failing_compiler_is_named_and_leaves_nothing(cache, monkeypatch):
+    monkeypatch.setenv("CC", "false")
+    with pytest.raises(host_kernels.KernelsUnavailable, match="false .*failed on host.c"):
+        host_kernels.build()
+    assert list(cache.iterdir()) == []
+
+
+def test_a_missing_compiler_is_named(cache, monkeypatch):
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    with pytest.raises(host_kernels.KernelsUnavailable, match="no working C compiler '/nonexistent/cc'"):
+        host_kernels.build()
+
+
+def test_an_unwritable_cache_is_named(monkeypatch, tmp_path):
+    if shutil.which(host_kernels.compiler()[0]) is None:
+        pytest.skip("no C compiler (cc or $CC) on PATH")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv(host_kernels.CACHE_ENV, str(blocker / "cache"))
+    with pytest.raises(host_kernels.KernelsUnavailable, match="cannot write the kernel cache"):
+        host_kernels.build()
+
+
+def test_switched_off(monkeypatch):
+    monkeypatch.setenv(host_kernels.SWITCH_ENV, "0")
+    with pytest.raises(host_kernels.KernelsUnavailable, match="switched off"):
+        host_kernels.load.__wrapped__()
+
+
+def test_the_backend_warns_once_and_runs_the_generic_bodies(monkeypatch):
+    def unavailable():
+        raise host_kernels.KernelsUnavailable("no working C compiler 'cc' (test)")
+
+    monkeypatch.setattr(host_kernels, "load", unavailable)
+    be = HostBackend("numpy", np)
+    x = _pool_input(np.random.default_rng(0), (2, 6, 6, 3), "ties", np.float32)
+    with pytest.warns(RuntimeWarning, match=r"C kernels are unavailable \(no working C compiler"):
+        out, routing = be.max_pool(x, 2, 2, 2, 2, 0, 0)
+    assert isinstance(routing, tuple) and be.kernels_unavailable.startswith("no working C compiler")
+    np.testing.assert_array_equal(out, Backend.max_pool(be, x, 2, 2, 2, 2, 0, 0)[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        be.max_pool(x, 2, 2, 2, 2, 0, 0)  # once only
+
+
+def test_kernel_sources_are_found_and_a_missing_one_is_named(monkeypatch, tmp_path):
+    assert "im2col_float32" in sources.read_kernel_source("im2col.cu")
+    assert "void max_pool(" in sources.read_kernel_source(host_kernels.SOURCE)
+    monkeypatch.setattr(sources, "kernel_source_dirs", lambda: (tmp_path / "a", tmp_path / "b"))
+    with pytest.raises(FileNotFoundError, match=r"'im2col\.cu' not found; looked in .*a, .*b"):
+        sources.read_kernel_source("im2col.cu")
+
+
+def test_setup_installs_the_c_source():
+    root = sources.kernel_source_dirs()[0].parent
+    assert "kernels/*.c" in (root / "MANIFEST.in").read_text()
+    assert "kernels/*.c" in (root / "setup.py").read_text()
+    assert os.path.isfile(root / "kernels" / host_kernels.SOURCE)
