@@ -44,6 +44,26 @@ def test_row_blocks_equal_one_product(host, shape, cout, kernel, stride, padding
         assert blocked_cols is None and whole_cols is None
 
 
+@pytest.mark.parametrize("blocks", [None, 1])
+@pytest.mark.parametrize("shape,cout,kernel,stride,padding", CASES)
+def test_ones_row_follows_the_columns(host, shape, cout, kernel, stride, padding, blocks):
+    """The columns kept with a row of ones are the plain columns plus that row, the
+    output is unchanged, and their product with a gradient ends in its row sums."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(shape).astype(np.float32)
+    w2 = rng.standard_normal((cout, shape[0] * kernel[0] * kernel[1])).astype(np.float32)
+    args = (x, w2, rng.standard_normal(cout).astype(np.float32), *kernel, *stride, *padding)
+    host.cache_block_bytes = blocks
+    out, cols = host.conv2d(*args, keep_cols=True)
+    out_ones, cols_ones = host.conv2d(*args, keep_cols=True, ones_row=True)
+    np.testing.assert_array_equal(out_ones, out)
+    assert cols_ones.shape == (cols.shape[0] + 1, cols.shape[1]) and cols_ones.flags.c_contiguous
+    np.testing.assert_array_equal(cols_ones[:-1], cols)
+    np.testing.assert_array_equal(cols_ones[-1], 1)
+    g = rng.standard_normal((cout, cols.shape[1])).astype(np.float32)
+    np.testing.assert_allclose((cols_ones @ g.T)[-1], g.astype(np.float64).sum(axis=1), rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("shape,cout,kernel,stride,padding", CASES + [((4, 7, 9, 2), 6, (2, 3), (2, 3), (1, 1))])
 def test_blocked_input_grad_equals_col2im_of_one_product(host, shape, cout, kernel, stride, padding, threads):

@@ -81,6 +81,16 @@ def test_conv2d_only_weight_requires_grad():
              requires_grad=[False, True, True], atol=1e-3)
 
 
+@pytest.mark.parametrize("requires_grad", [[True, False, True], [False, True, False]],
+                         ids=["frozen_weight", "frozen_bias"])
+def test_conv2d_weight_or_bias_frozen(requires_grad):
+    # the bias gradient without the weight's, and the weight's without the bias's
+    check_op([(3, 2, 9, 9), (4, 2, 3, 3), (4,)],
+             lambda x, w, b: TF.conv2d(x, w, b, padding=1),
+             lambda x, w, b: F.conv2d(x, w, b, padding=1),
+             requires_grad=requires_grad, atol=1e-3)
+
+
 # --------------------------------------------------------------------------- pooling
 POOL_SHAPES = [(1, 1, 7, 5), (3, 2, 9, 9)]
 POOL_GRID = [(shape, k, s, p) for shape in POOL_SHAPES for k in (2, 3) for s in (None, 1, 2) for p in (0, 1)]

@@ -121,14 +121,14 @@ class CupyBackend(Backend):
         return np.dtype(dtype).name in KERNEL_DTYPES and all(s < INDEX_LIMIT for s in sizes)
 
     # ---- image ops (same contracts as base.Backend) ---------------------------------------
-    def im2col(self, x, kh, kw, sh, sw, ph, pw):
+    def im2col(self, x, kh, kw, sh, sw, ph, pw, out=None):
         c, h, w, n = x.shape
         oh, ow = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
         shape = (c, kh, kw, oh, ow, n)
         if not self.has_kernel(x.dtype, x.size, math.prod(shape)):
-            return super().im2col(x, kh, kw, sh, sw, ph, pw)
+            return super().im2col(x, kh, kw, sh, sw, ph, pw, out)
         x = self.xp.ascontiguousarray(x)
-        cols = self.xp.empty(shape, dtype=x.dtype)
+        cols = self.xp.empty(shape, dtype=x.dtype) if out is None else out
         self.launch("im2col", x.dtype, cols.size,
                     (x, cols) + _geometry(x.shape, kh, kw, sh, sw, ph, pw, oh, ow))
         return cols

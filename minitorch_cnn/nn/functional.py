@@ -68,7 +68,8 @@ def _window(x, kernel, stride, padding, op):
 # ---- convolution -------------------------------------------------------------------
 class Conv2d(Function):
     """im2col + a matrix product (``Backend.conv2d``); backward is the transposed
-    products + col2im."""
+    products + col2im. When the weight and the bias both need gradients, the kept
+    columns carry a row of ones, so one product gives both (see ``Backend.conv2d``)."""
 
     def forward(self, x, w, *bias, stride, padding):
         cout, cin, kh, kw = w.shape
@@ -78,27 +79,32 @@ class Conv2d(Function):
         be = backends.backend_of(x)
         xc = _chwn(x)
         w2 = w.reshape(cout, -1)
+        self.has_bias = bool(bias)
+        self.ones_row = self.has_bias and self.needs_grad[1] and self.needs_grad[2]
         out, self.cols = be.conv2d(xc, w2, bias[0] if bias else None, kh, kw, sh, sw, ph, pw,
-                                   keep_cols=self.needs_grad[1])
+                                   keep_cols=self.needs_grad[1], ones_row=self.ones_row)
         self.geometry = xc.shape, (kh, kw, sh, sw, ph, pw)
         self.w2 = w2 if self.needs_grad[0] else None
-        self.has_bias = bool(bias)
         return _nchw(out)
 
     def backward(self, g):
         x_shape, (kh, kw, sh, sw, ph, pw) = self.geometry
         be = backends.backend_of(g)
         gc = _chwn(g).reshape(g.shape[1], -1)
-        gx = gw = None
+        gx = gw = gb = None
         if self.needs_grad[0]:
             gx = _nchw(be.conv2d_input_grad(self.w2, gc, x_shape, kh, kw, sh, sw, ph, pw))
         if self.needs_grad[1]:
             # (cols @ gc^T)^T, not gc @ cols^T: the same product, but OpenBLAS runs this
             # operand order 1.2-2x faster for these long-K, narrow shapes (measured).
-            gw = be.matmul(self.cols, gc.T).T.reshape(g.shape[1], x_shape[0], kh, kw)
-        if self.has_bias:
-            return gx, gw, _row_sum(gc) if self.needs_grad[2] else None
-        return gx, gw
+            grads = be.matmul(self.cols, gc.T)
+            k = x_shape[0] * kh * kw
+            gw = grads[:k].T.reshape(g.shape[1], x_shape[0], kh, kw)
+            if self.ones_row:
+                gb = grads[k]
+        if self.has_bias and self.needs_grad[2] and gb is None:
+            gb = _row_sum(gc)
+        return (gx, gw, gb) if self.has_bias else (gx, gw)
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0):
