@@ -17,6 +17,7 @@
 // dtype; other dtypes take the generic path. Built without -ffast-math: NaN must
 // compare as NaN.
 #include <stdint.h>
+#include <math.h>
 #include <string.h>
 
 // Window maxima and argmax. Padding reads as -inf, which never beats a value: the
@@ -100,4 +101,94 @@ void relu_backward(const float *g, const float *y, float *dx, int64_t count)
 {
     for (int64_t i = 0; i < count; ++i)
         dx[i] = y[i] > 0.0f ? g[i] : 0.0f;
+}
+
+// ---- batch normalisation over rows: channel c's values are x[c*count .. (c+1)*count) ----
+// Sums are kept in LANES double accumulators, one per position modulo LANES: each lane is
+// its own running sum, so the compiler vectorises the loop without reordering any
+// addition (that would need -ffast-math), and double lanes keep the sums of a few
+// hundred thousand float32 values exact to float32 precision.
+#define LANES 16
+
+static double lane_total(const double *lanes)
+{
+    double total = 0.0;
+    for (int l = 0; l < LANES; ++l)
+        total += lanes[l];
+    return total;
+}
+
+// Batch statistics and the normalised output: mean, biased variance (two-pass, over the
+// centered values: exact for any mean), inv_std = 1 / sqrt(var + eps) in float32, and
+// out = (x - mean) * (inv_std * weight) + shift. weight may be NULL (no affine scale).
+void batch_norm(const float *x, float *out, float *mean, float *var, float *inv_std,
+                const float *weight, const float *shift, int64_t channels, int64_t count,
+                double eps)
+{
+    for (int64_t c = 0; c < channels; ++c) {
+        const float *row = x + c * count;
+        float *o = out + c * count;
+        const int64_t whole = count - count % LANES;
+        double lanes[LANES] = {0};
+        for (int64_t i = 0; i < whole; i += LANES)
+            for (int l = 0; l < LANES; ++l)
+                lanes[l] += row[i + l];
+        for (int64_t i = whole; i < count; ++i)
+            lanes[0] += row[i];
+        const float m = (float)(lane_total(lanes) / (double)count);
+        double squares[LANES] = {0};
+        for (int64_t i = 0; i < whole; i += LANES)
+            for (int l = 0; l < LANES; ++l) {
+                const float d = row[i + l] - m;
+                squares[l] += (double)d * d;
+            }
+        for (int64_t i = whole; i < count; ++i) {
+            const float d = row[i] - m;
+            squares[0] += (double)d * d;
+        }
+        const float v = (float)(lane_total(squares) / (double)count);
+        const float inv = 1.0f / sqrtf(v + (float)eps);
+        const float scale = weight ? inv * weight[c] : inv;
+        const float b = shift[c];
+        for (int64_t i = 0; i < count; ++i)
+            o[i] = (row[i] - m) * scale + b;
+        mean[c] = m;
+        var[c] = v;
+        inv_std[c] = inv;
+    }
+}
+
+// Its backward, from the output's gradient g and the input x, for batch statistics:
+//   g_sum[c]  = sum(g),  g_xhat[c] = sum(g * (x - mean)) * inv_std   (the affine
+//   parameters' gradients), and
+//   gx = scale * (g - g_sum/count - (x - mean) * inv_std * g_xhat/count).
+void batch_norm_backward(const float *g, const float *x, const float *mean,
+                         const float *inv_std, const float *weight, float *gx,
+                         float *g_xhat, float *g_sum, int64_t channels, int64_t count)
+{
+    for (int64_t c = 0; c < channels; ++c) {
+        const float *grow = g + c * count, *row = x + c * count;
+        float *d = gx + c * count;
+        const float m = mean[c], inv = inv_std[c];
+        const int64_t whole = count - count % LANES;
+        double sums[LANES] = {0}, dots[LANES] = {0};
+        for (int64_t i = 0; i < whole; i += LANES)
+            for (int l = 0; l < LANES; ++l) {
+                sums[l] += grow[i + l];
+                dots[l] += (double)grow[i + l] * (row[i + l] - m);
+            }
+        for (int64_t i = whole; i < count; ++i) {
+            sums[0] += grow[i];
+            dots[0] += (double)grow[i] * (row[i] - m);
+        }
+        const float s = (float)lane_total(sums);
+        const float gh = (float)lane_total(dots) * inv;
+        const float scale = weight ? inv * weight[c] : inv;
+        const float g_mean = s / (float)count;
+        const float factor = -inv * gh / (float)count;
+        for (int64_t i = 0; i < count; ++i)
+            d[i] = ((row[i] - m) * factor + grow[i] - g_mean) * scale;
+        g_sum[c] = s;
+        g_xhat[c] = gh;
+    }
 }

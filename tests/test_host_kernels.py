@@ -126,6 +126,56 @@ def test_relu_and_pool_ops_through_the_kernels(host):
         np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("count", [1, 15, 16, 33, 4099])
+def test_batch_norm_matches_the_generic_path(host, count, affine, monkeypatch):
+    """To rounding: the kernels sum in double precision, the generic body in float32."""
+    rng = np.random.default_rng(count)
+    rows = (rng.standard_normal((5, count)) * rng.uniform(0.1, 10, (5, 1)) + rng.uniform(-5, 5, (5, 1))).astype(np.float32)
+    weight = rng.standard_normal(5).astype(np.float32) if affine else None
+    shift = rng.standard_normal(5).astype(np.float32)
+    calls = []
+    for name in ("batch_norm", "batch_norm_backward"):
+        real = getattr(host.kernels, name)
+        monkeypatch.setattr(host.kernels, name, lambda *a, real=real, name=name: calls.append(name) or real(*a))
+    got = host.batch_norm(rows, weight, shift, 1e-5)
+    want = Backend.batch_norm(host, rows, weight, shift, 1e-5)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)
+    out, mean, var, inv_std = got
+    g = rng.standard_normal(rows.shape).astype(np.float32)
+    got = host.batch_norm_backward(g, rows, mean, inv_std, weight, True)
+    want = Backend.batch_norm_backward(host, g, rows, mean, inv_std, weight, True)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    assert "batch_norm" in calls and "batch_norm_backward" in calls
+
+
+def test_batch_norm_sums_beat_float32(host):
+    """A channel of 200,704 values far from zero (a bn-cnn first layer's): the kernel's
+    mean and variance stay within float32 rounding of the exact ones."""
+    rng = np.random.default_rng(4)
+    rows = (rng.standard_normal((2, 200_704)) * 0.01 + 3).astype(np.float32)
+    _, mean, var, _ = host.batch_norm(rows, None, np.zeros(2, np.float32), 1e-5)
+    exact = rows.astype(np.float64)
+    np.testing.assert_allclose(mean, exact.mean(axis=1), rtol=1e-7)
+    np.testing.assert_allclose(var, exact.var(axis=1), rtol=3e-7)
+
+
+def test_batch_norm_off_batch_statistics_and_odd_layouts_take_the_generic_path(host, monkeypatch):
+    monkeypatch.setattr(host.kernels, "batch_norm_backward", None)  # any call would fail
+    rng = np.random.default_rng(6)
+    rows, g = (rng.standard_normal((3, 40)).astype(np.float32) for _ in range(2))
+    mean, inv_std = rows.mean(axis=1), np.full(3, 0.5, np.float32)
+    for args in [(rows, mean, inv_std, None, False), (rows, mean, inv_std, inv_std, False)]:
+        for a, b in zip(host.batch_norm_backward(g, *args), Backend.batch_norm_backward(host, g, *args)):
+            np.testing.assert_array_equal(a, b)
+    monkeypatch.setattr(host.kernels, "batch_norm", None)
+    strided = rng.standard_normal((3, 80)).astype(np.float32)[:, ::2]
+    for a, b in zip(host.batch_norm(strided, None, mean, 1e-5), Backend.batch_norm(host, strided, None, mean, 1e-5)):
+        np.testing.assert_array_equal(a, b)
+
+
 # ------------------------------------------------------------------------------ the loader
 @pytest.fixture
 def cache(monkeypatch, tmp_path):

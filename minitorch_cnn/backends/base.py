@@ -13,6 +13,16 @@ the CuPy backend replaces some of them with CUDA kernels from ``kernels/``.
 """
 
 
+def _row_dots(xp, a, b, out):
+    """Per-row dot products of ``a`` with ``b`` (as many rows, or one row for all) into
+    ``out``, as a stack of matrix products: BLAS runs them 2-5x faster than einsum on
+    activation-sized rows, and more accurately. Each row is a product of its own, so
+    its result does not depend on which rows are computed with it."""
+    b = b[:, :, None] if b.ndim == 2 else b[None, :, None]
+    out[...] = xp.matmul(a[:, None, :], b).reshape(out.shape)
+    return out
+
+
 class BackendUnavailable(RuntimeError):
     """The requested backend cannot run here; the message says why."""
 
@@ -92,6 +102,69 @@ class Backend:
         """ReLU's gradient from its output ``y``: ``g`` where ``y > 0``, else 0."""
         xp = self.xp
         return self.elementwise(lambda g, y, out: xp.multiply(g, y > 0, out=out), xp.empty_like(y), g, y)
+
+    # ---- batch normalisation over (C, count) rows: a channel's values in one row ----
+    # The activations are large and the work per element tiny, so these bodies save
+    # full-size passes: the centered input (in the output's memory) is never kept,
+    # inv_std and the weight fold into one per-channel scale, and backward takes every
+    # per-channel sum from g and x - mean directly, never forming g * weight. Each step
+    # is per channel, so each body is one ``parallel`` region over blocks of channels:
+    # a thread takes its channels through every step while they are in its cache, and
+    # a channel's numbers do not depend on which others share its block.
+    def batch_norm(self, rows, weight, shift, eps):
+        """Normalise each row by its own mean and biased variance, then scale by
+        ``weight`` (or None) and add ``shift``. Returns out, mean, var, inv_std."""
+        xp = self.xp
+        channels, count = rows.shape
+        mean, var, inv_std = (xp.empty(channels, dtype=rows.dtype) for _ in range(3))
+        ones = xp.ones(count, dtype=rows.dtype)
+        out = xp.empty_like(rows)
+
+        def normalise(c0, c1):
+            b = slice(c0, c1)
+            _row_dots(xp, rows[b], ones, out=mean[b])
+            mean[b] /= count
+            xc = xp.subtract(rows[b], mean[b, None], out=out[b])
+            _row_dots(xp, xc, xc, out=var[b])  # two-pass (centered): exact for any mean
+            var[b] /= count
+            inv_std[b] = 1 / xp.sqrt(var[b] + eps)
+            xc *= (inv_std[b] if weight is None else inv_std[b] * weight[b])[:, None]
+            xc += shift[b, None]
+
+        self.parallel(normalise, channels, rows.nbytes)
+        return out, mean, var, inv_std
+
+    def batch_norm_backward(self, g, rows, mean, inv_std, weight, use_batch):
+        """From the output's gradient ``g`` (rows), the input's gradient and the sums
+        ``g_xhat = sum(g * xhat)`` and ``g_sum = sum(g)`` per channel, the affine
+        parameters' gradients (``g_xhat`` is None without ``rows``). ``use_batch``: the
+        statistics were the batch's, so they depend on the input too."""
+        xp = self.xp
+        channels, count = g.shape
+        g_sum = xp.empty(channels, dtype=g.dtype)
+        g_xhat = None if rows is None else xp.empty(channels, dtype=g.dtype)
+        gx = xp.empty_like(g)
+
+        def backward_block(c0, c1):
+            b = slice(c0, c1)
+            g[b].sum(axis=1, out=g_sum[b])  # pairwise: the true mean of g cancels
+            scale = (inv_std[b] if weight is None else inv_std[b] * weight[b])[:, None]
+            if rows is not None:
+                xc = xp.subtract(rows[b], mean[b, None], out=gx[b])
+                _row_dots(xp, g[b], xc, out=g_xhat[b])
+                g_xhat[b] *= inv_std[b]
+            if use_batch:
+                # dx = inv_std * (gxhat - mean(gxhat) - xhat * mean(gxhat * xhat))
+                #    = scale * (g - mean(g) - xc * inv_std * mean(g * xhat))
+                xc *= (-inv_std[b] * g_xhat[b] / count)[:, None]
+                xc += g[b]
+                xc -= (g_sum[b] / count)[:, None]
+                xc *= scale
+            else:
+                xp.multiply(g[b], scale, out=gx[b])
+
+        self.parallel(backward_block, channels, g.nbytes)
+        return gx, g_xhat, g_sum
 
     # ---- random numbers -------------------------------------------------------
     def seed(self, seed):

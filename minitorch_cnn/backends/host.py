@@ -18,9 +18,10 @@ stay asleep. Without large work (a small network at a small batch) the backend i
 with one thread: BLAS runs each product on its own threads. The caller's BLAS
 setting is restored after every call, so NumPy outside the engine is unaffected.
 
-Max pooling and ReLU's backward run C kernels (``kernels/host.c``, see
-``host_kernels.py``) on float32 arrays where they can be built, on the same blocks of
-channels; elsewhere the generic NumPy bodies, which give the same numbers.
+Max pooling, ReLU's backward and batch normalisation run C kernels (``kernels/host.c``,
+see ``host_kernels.py``) on float32 arrays where they can be built, on the same blocks
+of channels; elsewhere the generic NumPy bodies, which give the same numbers (batch
+normalisation's to rounding: the kernels sum in double precision).
 """
 import contextlib
 import os
@@ -287,6 +288,36 @@ class HostBackend(Backend):
         self.parallel(lambda a, b: lib.relu_backward(_at(flat_g, a), _at(flat_y, a), _at(flat_dx, a), b - a),
                       y.size, y.nbytes)
         return dx
+
+    def batch_norm(self, rows, weight, shift, eps):
+        lib = self._kernels_for(rows, shift, *([] if weight is None else [weight]))
+        if lib is None or not rows.flags.c_contiguous:
+            return super().batch_norm(rows, weight, shift, eps)
+        channels, count = rows.shape
+        out = np.empty_like(rows)
+        mean, var, inv_std = (np.empty(channels, dtype=rows.dtype) for _ in range(3))
+        weight, shift = (None if weight is None else np.ascontiguousarray(weight)), np.ascontiguousarray(shift)
+        self.parallel(lambda a, b: lib.batch_norm(
+            _at(rows, a), _at(out, a), _at(mean, a), _at(var, a), _at(inv_std, a),
+            None if weight is None else _at(weight, a), _at(shift, a), b - a, count, eps),
+            channels, rows.nbytes)
+        return out, mean, var, inv_std
+
+    def batch_norm_backward(self, g, rows, mean, inv_std, weight, use_batch):
+        lib = self._kernels_for(g, *([] if rows is None else [rows]))
+        if lib is None or not use_batch or not (g.flags.c_contiguous and rows.flags.c_contiguous):
+            return super().batch_norm_backward(g, rows, mean, inv_std, weight, use_batch)
+        channels, count = g.shape
+        gx = np.empty_like(g)
+        g_xhat, g_sum = np.empty(channels, dtype=g.dtype), np.empty(channels, dtype=g.dtype)
+        mean, inv_std = np.ascontiguousarray(mean, dtype=g.dtype), np.ascontiguousarray(inv_std, dtype=g.dtype)
+        weight = None if weight is None else np.ascontiguousarray(weight, dtype=g.dtype)
+        self.parallel(lambda a, b: lib.batch_norm_backward(
+            _at(g, a), _at(rows, a), _at(mean, a), _at(inv_std, a),
+            None if weight is None else _at(weight, a), _at(gx, a), _at(g_xhat, a), _at(g_sum, a),
+            b - a, count),
+            channels, g.nbytes)
+        return gx, g_xhat, g_sum
 
 
 def _at(array, index):

@@ -1,8 +1,8 @@
 """The NumPy backend's C kernels (``kernels/host.c``): built once per machine with the
 system's C compiler, cached, and loaded with ctypes.
 
-They replace the generic NumPy bodies of max pooling (forward and backward) and of
-ReLU's backward for float32 arrays, as the CUDA kernels do on the GPU; see the source
+They replace the generic NumPy bodies of max pooling and batch normalisation (forward
+and backward) and of ReLU's backward for float32 arrays, as the CUDA kernels do on the GPU; see the source
 for why these. Where they cannot be built (no compiler, a read-only cache, a failed
 build) or are switched off (``MINITORCH_CNN_HOST_KERNELS=0``), :func:`load` says why and
 the backend runs the generic bodies, which give the same numbers.
@@ -30,7 +30,8 @@ CACHE_ENV = "MINITORCH_CNN_CACHE"
 # -march=native: the kernels' branch-free loops vectorise only with the machine's own
 # vector instructions (at the x86-64 baseline they branched and ran 10-20x slower,
 # measured); hence the CPU in the library's hash. No -ffast-math: NaN must stay NaN.
-FLAGS = ("-O3", "-march=native", "-std=c99", "-shared", "-fPIC")
+# -fno-math-errno lets sqrtf be one instruction, with no libm call.
+FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-std=c99", "-shared", "-fPIC")
 
 _I64, _PTR = ctypes.c_int64, ctypes.c_void_p
 _GEOMETRY = [_I64] * 12  # C, H, W, N, kh, kw, sh, sw, ph, pw, OH, OW
@@ -38,6 +39,8 @@ SIGNATURES = {
     "max_pool": [_PTR, _PTR, _PTR] + _GEOMETRY,
     "max_pool_backward": [_PTR, _PTR, _PTR] + _GEOMETRY,
     "relu_backward": [_PTR, _PTR, _PTR, _I64],
+    "batch_norm": [_PTR] * 7 + [_I64, _I64, ctypes.c_double],
+    "batch_norm_backward": [_PTR] * 8 + [_I64, _I64],
 }
 
 

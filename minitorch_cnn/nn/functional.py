@@ -20,23 +20,11 @@ def _nchw(a):
     return a.transpose(3, 0, 1, 2)
 
 
-# Row sums and per-row dot products of (rows, columns) matrices, as matrix products:
-# BLAS runs them 2-5x faster than NumPy's a.sum(axis=1) and einsum on activation-sized
-# rows. The dot products also come out more accurate than einsum's; the sums somewhat
-# less than NumPy's pairwise sum (3e-7 against 7e-8 relative, measured), which is why
-# BatchNorm's gradient sum, whose true mean cancels, keeps a.sum(axis=1).
+# Row sums of a (rows, columns) matrix as a matrix product: BLAS runs it 2-5x faster
+# than NumPy's a.sum(axis=1) on activation-sized rows.
 def _row_sum(a):
     be = backends.backend_of(a)
     return be.matmul(a, be.xp.ones(a.shape[1], dtype=a.dtype))
-
-
-def _row_dots(a, b, out):
-    """Per-row dot products of ``a`` with ``b`` (as many rows, or one row for all) into
-    ``out``, without a temporary of a's size. Each row is a product of its own, so its
-    result does not depend on which rows are computed with it."""
-    b = b[:, :, None] if b.ndim == 2 else b[None, :, None]
-    out[...] = backends.get_array_module(a).matmul(a[:, None, :], b).reshape(out.shape)
-    return out
 
 
 def _pair(value, name):
@@ -263,16 +251,10 @@ def _from_channel_rows(rows, x_shape):
 
 class BatchNorm(Function):
     """Per-channel normalisation, computed on (C, everything-else) rows so each
-    channel's statistics are one contiguous reduction. The activations are large and
-    the work per element tiny, so the code saves full-size passes: forward keeps only
-    the centered input ``xc`` (``xhat = xc * inv_std`` is never materialised) and
-    folds inv_std and the weight into one per-channel scale; backward takes every
-    per-channel sum from ``g`` and ``xc`` directly, never forming ``g * weight``.
-
-    Every step is per channel, so forward and backward each run as one ``parallel``
-    region over blocks of channels: a thread takes its channels through all the steps
-    while they are in its cache, with one hand-off per call rather than one per step,
-    and a channel's numbers do not depend on which others share its block."""
+    channel's statistics are one contiguous reduction (``Backend.batch_norm`` and
+    ``batch_norm_backward``). Backward needs the centered input, ``x - mean``: it is
+    formed again from the input, which the graph keeps anyway, rather than kept as one
+    more activation-sized array."""
 
     def forward(self, x, *affine, running_mean, running_var, training, momentum, eps):
         be = backends.backend_of(x)
@@ -284,74 +266,34 @@ class BatchNorm(Function):
             raise ValueError("batch_norm: expected more than 1 value per channel when "
                              f"training, got input of shape {tuple(x.shape)}")
         weight, shift = affine if affine else (None, xp.zeros(channels, dtype=x.dtype))
-        # Running statistics and no weight gradient need no xc: the output is then one
-        # affine map, x * scale + (shift - mean * scale), as PyTorch's inference kernel.
-        keep_xc = self.use_batch or (weight is not None and self.needs_grad[1])
         if self.use_batch:
-            mean, var = xp.empty(channels, dtype=x.dtype), xp.empty(channels, dtype=x.dtype)
-            ones = xp.ones(count, dtype=x.dtype)
+            out, mean, var, inv_std = be.batch_norm(rows, weight, shift, eps)
         else:
-            mean, var = running_mean, running_var
-        inv_std = xp.empty(channels, dtype=x.dtype)
-        xc = xp.empty_like(rows) if keep_xc else None
-        out = xp.empty_like(rows)
-
-        def normalise(c0, c1):
-            b = slice(c0, c1)
-            if self.use_batch:
-                _row_dots(rows[b], ones, out=mean[b])
-                mean[b] /= count
-            if keep_xc:
-                xp.subtract(rows[b], mean[b, None], out=xc[b])
-            if self.use_batch:
-                _row_dots(xc[b], xc[b], out=var[b])  # two-pass (centered): exact for any mean
-                var[b] /= count
-            inv_std[b] = 1 / xp.sqrt(var[b] + eps)
-            scale = inv_std[b] if weight is None else inv_std[b] * weight[b]
-            if keep_xc:
-                _scale_shift(xc[b], scale[:, None], shift[b, None], out=out[b])
-            else:
-                _scale_shift(rows[b], scale[:, None], (shift[b] - mean[b] * scale)[:, None], out=out[b])
-
-        be.parallel(normalise, channels, rows.nbytes)
+            # Running statistics: one affine map, x * scale + (shift - mean * scale),
+            # as PyTorch's inference kernel.
+            mean, inv_std = running_mean, 1 / xp.sqrt(running_var + eps)
+            scale = inv_std if weight is None else inv_std * weight
+            out = be.elementwise(_scale_shift, xp.empty_like(rows), rows, scale[:, None],
+                                 (shift - mean * scale)[:, None])
         if training and running_mean is not None:
             # Running statistics: momentum 0.1 by default, unbiased variance (PyTorch).
             running_mean *= 1 - momentum
             running_mean += momentum * mean
             running_var *= 1 - momentum
             running_var += momentum * var * (count / (count - 1))
-        self.xc, self.inv_std, self.weight = xc, inv_std, weight
+        # The weight's gradient needs x - mean; the input's alone does not, off batch
+        # statistics. (A copy of the mean: the running mean changes in place.)
+        keep_input = self.use_batch or (weight is not None and self.needs_grad[1])
+        self.rows, self.mean = (rows, mean.copy()) if keep_input else (None, None)
+        self.inv_std, self.weight = inv_std, weight
         return _from_channel_rows(out, x.shape)
 
     def backward(self, g):
         be = backends.backend_of(g)
-        xp = be.xp
-        xc, inv_std, weight = self.xc, self.inv_std, self.weight
-        rows = _channel_rows(g)
-        channels, count = rows.shape
-        # Per-channel sums of g and g * xhat; those of gxhat = g * weight follow from them.
-        g_sum = xp.empty(channels, dtype=g.dtype)
-        g_xhat = None if xc is None else xp.empty(channels, dtype=g.dtype)
-        gx = xp.empty_like(rows)
-
-        def backward_block(c0, c1):
-            b = slice(c0, c1)
-            rows[b].sum(axis=1, out=g_sum[b])  # pairwise: the true mean of g cancels
-            if xc is not None:
-                _row_dots(rows[b], xc[b], out=g_xhat[b])
-                g_xhat[b] *= inv_std[b]
-            scale = inv_std[b] if weight is None else inv_std[b] * weight[b]
-            if self.use_batch:
-                # dx = inv_std * (gxhat - mean(gxhat) - xhat * mean(gxhat * xhat))
-                #    = scale * (g - mean(g) - xc * inv_std * mean(g * xhat))
-                _batch_norm_dx(xc[b], rows[b], (-inv_std[b] * g_xhat[b] / count)[:, None],
-                               (g_sum[b] / count)[:, None], scale[:, None], out=gx[b])
-            else:
-                xp.multiply(rows[b], scale[:, None], out=gx[b])
-
-        be.parallel(backward_block, channels, rows.nbytes)
+        gx, g_xhat, g_sum = be.batch_norm_backward(_channel_rows(g), self.rows, self.mean, self.inv_std,
+                                                   self.weight, self.use_batch)
         gx = _from_channel_rows(gx, self.x_shape)
-        if weight is None:
+        if self.weight is None:
             return gx
         return gx, g_xhat, g_sum
 
@@ -359,14 +301,7 @@ class BatchNorm(Function):
 def _scale_shift(x, scale, shift, out):
     backends.get_array_module(x).multiply(x, scale, out=out)
     out += shift
-
-
-def _batch_norm_dx(xc, g, xc_factor, g_mean, scale, out):
-    """``scale * (g - g_mean + xc * xc_factor)``, in place in ``out``."""
-    backends.get_array_module(g).multiply(xc, xc_factor, out=out)
-    out += g
-    out -= g_mean
-    out *= scale
+    return out
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
