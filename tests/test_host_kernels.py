@@ -6,6 +6,7 @@ threads; then the loader: its cache, its failures, and the backend's fallback. T
 suites (test_functional.py and the others) run through these kernels too, wherever
 they can be built. Skips, with the reason, where they cannot (no C compiler).
 """
+import contextlib
 import os
 import shutil
 import warnings
@@ -19,7 +20,7 @@ from minitorch_cnn.backends import host_kernels, sources
 from minitorch_cnn.backends.base import Backend
 from minitorch_cnn.backends.host import HostBackend
 from optest import split_everything
-from test_kernels import POOL_WINDOWS, _first_argmax, _ids, _pool_input, _rng
+from test_kernels import POOL_WINDOWS, WINDOWS, _first_argmax, _ids, _pool_input, _rng
 
 
 @pytest.fixture(params=[1, 2], ids=["whole", "split"])
@@ -52,6 +53,54 @@ def test_max_pool_and_backward_match_the_generic_path(host, case, values):
     dout = rng.standard_normal(out.shape).astype(np.float32)
     np.testing.assert_array_equal(host.max_pool_backward(dout, arg, x.shape, *window),
                                   Backend.max_pool_backward(host, dout, routing, x.shape, *window))
+
+
+@contextlib.contextmanager
+def generic(host):
+    """The backend without its kernels: the generic bodies, whatever calls them."""
+    kernels, host.kernels = host.kernels, None
+    try:
+        yield host
+    finally:
+        host.kernels = kernels
+
+
+@pytest.mark.parametrize("case", WINDOWS, ids=_ids)
+def test_col2im_and_the_blocked_input_gradient_match_the_generic_path(host, case, monkeypatch):
+    c, h, w, n, kh, kw, sh, sw, ph, pw = case
+    rng = _rng(case, np.float32)
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    cols = rng.standard_normal((c, kh, kw, oh, ow, n)).astype(np.float32)
+    w2 = rng.standard_normal((3, c * kh * kw)).astype(np.float32)
+    gc = rng.standard_normal((3, oh * ow * n)).astype(np.float32)
+    calls = []
+    real = host.kernels.col2im_add
+    monkeypatch.setattr(host.kernels, "col2im_add", lambda *a: calls.append(a) or real(*a))
+    monkeypatch.setattr(host, "cache_block_bytes", 1)  # one output row per block
+    got = host.col2im(cols, (c, h, w, n), sh, sw, ph, pw), host.conv2d_input_grad(w2, gc, (c, h, w, n), kh, kw, sh, sw, ph, pw)
+    with generic(host):
+        want = host.col2im(cols, (c, h, w, n), sh, sw, ph, pw), host.conv2d_input_grad(w2, gc, (c, h, w, n), kh, kw, sh, sw, ph, pw)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+    assert calls
+
+
+def test_add_columns_adds_to_what_is_there_and_skips_odd_layouts(host):
+    rng = np.random.default_rng(8)
+    cols = rng.standard_normal((2, 3, 3, 4, 5, 6)).astype(np.float32)
+    start = rng.standard_normal((2, 10, 12, 6)).astype(np.float32)
+    results = []
+    for view in (cols, cols[:, :, :, :3], cols.transpose(0, 1, 2, 3, 5, 4).copy().transpose(0, 1, 2, 3, 5, 4)):
+        for use in (host, None):
+            dx = start.copy()
+            if use is None:
+                with generic(host):
+                    host.add_columns(view, dx[:, 1:], 2, 2)
+            else:
+                host.add_columns(view, dx[:, 1:], 2, 2)
+            results.append(dx)
+        np.testing.assert_array_equal(results[-2], results[-1])
+    assert not np.array_equal(results[0], start)
 
 
 def test_max_pool_propagates_nan(host):
@@ -117,12 +166,9 @@ def test_relu_and_pool_ops_through_the_kernels(host):
         return y.numpy(), x.grad.numpy()
 
     with_kernels = run()
-    kernels, host.kernels = host.kernels, None
-    try:
-        generic = run()
-    finally:
-        host.kernels = kernels
-    for got, want in zip(with_kernels, generic):
+    with generic(host):
+        without = run()
+    for got, want in zip(with_kernels, without):
         np.testing.assert_array_equal(got, want)
 
 

@@ -305,11 +305,7 @@ class Backend:
                 r1 = min(oh, r0 + rows)
                 part = buffer[:, :, :, :r1 - r0]
                 xp.matmul(weights, by_row[:, r0:r1].reshape(cout, -1), out=part.reshape(weights.shape[0], -1))
-                target = dx[c0:c1, r0 * sh:]
-                for k in range(kh * kw):
-                    i, j = k // kw, k % kw
-                    rows_, columns = self.window_slice(i, j, sh, sw, r1 - r0, ow)
-                    target[:, rows_, columns] += part[:, i, j]
+                self.add_columns(part, dx[c0:c1, r0 * sh:], sh, sw)
 
         self.parallel(scatter, c, total)
         return dx[:, ph:ph + h, pw:pw + w]
@@ -317,26 +313,19 @@ class Backend:
     def col2im(self, cols, x_shape, sh, sw, ph, pw):
         """Adjoint of im2col: scatter-add columns (C, kh, kw, OH, OW, N) back to (C, H, W, N)."""
         c, h, w, n = x_shape
-        _, kh, kw, oh, ow, _ = cols.shape
-        # With stride 1, kernel offset (0, 0) covers one block, [:OH, :OW]: it is copied
-        # there instead of added to zeros, and only the rest is zero-filled.
-        dense = sh == 1 and sw == 1
-        padded = (c, h + 2 * ph, w + 2 * pw, n)
-        dx = (self.xp.empty if dense else self.xp.zeros)(padded, dtype=cols.dtype)
-
-        def scatter(a, b):
-            part, src = dx[a:b], cols[a:b]
-            if dense:
-                part[:, oh:] = 0
-                part[:, :oh, ow:] = 0
-                part[:, :oh, :ow] = src[:, 0, 0]
-            for k in range(1 if dense else 0, kh * kw):
-                i, j = k // kw, k % kw
-                rows, columns = self.window_slice(i, j, sh, sw, oh, ow)
-                part[:, rows, columns] += src[:, i, j]
-
-        self.parallel(scatter, c, cols.nbytes)
+        dx = self.xp.zeros((c, h + 2 * ph, w + 2 * pw, n), dtype=cols.dtype)
+        self.parallel(lambda a, b: self.add_columns(cols[a:b], dx[a:b], sh, sw), c, cols.nbytes)
         return dx[:, ph:ph + h, pw:pw + w]
+
+    def add_columns(self, cols, dx, sh, sw):
+        """Add columns (C, kh, kw, OH, OW, N) into ``dx`` (C, H, W, N), a padded image
+        whose row 0 is the first window's: each pixel takes the values of the windows
+        over it, one pass per window offset (i, j) in ascending order."""
+        _, kh, kw, oh, ow, _ = cols.shape
+        for k in range(kh * kw):
+            i, j = k // kw, k % kw
+            rows, columns = self.window_slice(i, j, sh, sw, oh, ow)
+            dx[:, rows, columns] += cols[:, i, j]
 
     def max_pool(self, x, kh, kw, sh, sw, ph, pw):
         """Window maxima (C, OH, OW, N), padding with -inf, and the *routing* that

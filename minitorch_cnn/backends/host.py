@@ -278,6 +278,17 @@ class HostBackend(Backend):
                       c, dx.nbytes)
         return dx
 
+    def add_columns(self, cols, dx, sh, sw):
+        lib = self._kernels_for(cols, dx)
+        _, kh, kw, oh, ow, n = cols.shape
+        item = cols.itemsize
+        if lib is None or cols.strides[4:] != (n * item, item) or dx.strides[2:] != (n * item, item):
+            return super().add_columns(cols, dx, sh, sw)
+        c, h, w, _ = dx.shape
+        rows = min(h, (oh - 1) * sh + kh)  # the rows any window covers
+        strides = [s // item for s in cols.strides[:4] + dx.strides[:2]]
+        lib.col2im_add(cols.ctypes.data, dx.ctypes.data, c, kh, kw, oh, ow, n, sh, sw, rows, w, *strides)
+
     def relu_backward(self, g, y):
         lib = self._kernels_for(g, y)
         flat_g, flat_y = _in_memory_order(g), _in_memory_order(y)
