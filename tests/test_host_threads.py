@@ -73,6 +73,7 @@ PRODUCTS = {  # name: (a, b); each takes a different split
     "transposed views": (f32(9, 70).T, f32(5, 9).T),
     "matrix-vector": (f32(40, 30), f32(30)),
     "stack": (f32(7, 1, 30), f32(7, 30, 1)),
+    "narrow, in column blocks": (f32(6, 25), f32(25, 9000)),
     "empty": (f32(0, 4), f32(4, 6)),
 }
 
@@ -140,6 +141,20 @@ def test_deep_product_with_small_result_is_summed_in_chunks(host):
                    for lo in range(0, 5000, host.DEPTH_CHUNK))
     np.testing.assert_array_equal(chunked, expected)
     np.testing.assert_allclose(chunked, a.astype(np.float64) @ b, rtol=1e-5, atol=1e-4)
+
+
+def test_narrow_product_is_made_in_column_blocks(host, monkeypatch):
+    """On one thread too: the blocks are for OpenBLAS's speed."""
+    host.set_num_threads(1)
+    a, b = f32(6, 25), f32(25, 2 * host.NARROW_BLOCK + 100)
+    calls = []
+    real = np.matmul
+    monkeypatch.setattr(np, "matmul", lambda *args, **kw: calls.append(args[1].shape) or real(*args, **kw))
+    got = host.matmul(a, b)
+    monkeypatch.undo()
+    assert calls == [(25, host.NARROW_BLOCK), (25, host.NARROW_BLOCK + 100)]  # the rest joins the last
+    np.testing.assert_array_equal(got, np.concatenate([a @ b[:, :host.NARROW_BLOCK], a @ b[:, host.NARROW_BLOCK:]], axis=1))
+    np.testing.assert_allclose(got, a.astype(np.float64) @ b, rtol=1e-5, atol=1e-5)
 
 
 def test_small_work_stays_whole_with_blas_untouched(host, split_calls):
