@@ -4,6 +4,8 @@ mode logic keeps small work whole with BLAS untouched, and BLAS's setting comes 
 The op suites run again with every piece of work split (``numpy-threads`` in
 optest.py); this file checks the splitting itself, with 2 and 3 threads (an uneven
 split), whatever the cores of the machine."""
+import time
+
 import numpy as np
 import pytest
 from threadpoolctl import ThreadpoolController, threadpool_limits
@@ -159,7 +161,7 @@ def test_narrow_product_is_made_in_column_blocks(host, monkeypatch):
 
 def test_small_work_stays_whole_with_blas_untouched(host, split_calls):
     host.set_num_threads(2)
-    host._ours_until = 0.0
+    host._ours_left = 0
     before = blas_threads()
     seen = []
     host.parallel(lambda a, b: seen.append((a, b, blas_threads())), 8, 1024)
@@ -172,17 +174,18 @@ def test_large_work_splits_and_restores_blas(host, split_calls, monkeypatch):
     before = blas_threads()
     seen = []
     monkeypatch.setattr(host, "WAKE_BYTES", 100)
-    monkeypatch.setattr(host, "KEEP_S", 60.0)  # however slow the machine, our mode lasts
     host.parallel(lambda a, b: seen.append((a, b, blas_threads())), 8, 1000)
     assert sorted(s[:2] for s in seen) == [(0, 4), (4, 8)]
     assert all(set(s[2]) == {1} for s in seen)  # one BLAS thread per block
     assert blas_threads() == before
     # Our mode lasts: work too small to wake threads is now split (if over SPLIT_BYTES)
     # or run whole with BLAS on one thread, so BLAS's threads stay asleep.
-    seen.clear()
-    host.parallel(lambda a, b: seen.append((a, b, blas_threads())), 8, 10)
-    assert seen == [(0, 8, [1] * len(before))]
-    monkeypatch.setattr(host, "_ours_until", 0.0)  # KEEP_S has passed
+    # It ends KEEP_CALLS calls after the last split, however long they take.
+    time.sleep(0.2)
+    for _ in range(host.KEEP_CALLS):
+        seen.clear()
+        host.parallel(lambda a, b: seen.append((a, b, blas_threads())), 8, 10)
+        assert seen == [(0, 8, [1] * len(before))]
     seen.clear()
     host.parallel(lambda a, b: seen.append((a, b, blas_threads())), 8, 10)
     assert seen == [(0, 8, before)]

@@ -12,9 +12,9 @@ Two kinds of threads would share the cores, and they do not mix:
   no-op round trip through a thread pool), which only large work repays.
 So the backend runs in one of two modes. Large work (a block worth waking a thread
 for) is split across our threads, the matrix products too, each on one BLAS thread:
-that is *our* mode, and it lasts while large work keeps coming (``KEEP_S``), so the
-smaller work between runs on one thread with BLAS on one thread, and BLAS's threads
-stay asleep. Without large work (a small network at a small batch) the backend is as
+that is *our* mode, and it lasts while large work keeps coming (``KEEP_CALLS``), so
+the smaller work between runs on one thread with BLAS on one thread, and BLAS's
+threads stay asleep. Without large work (a small network at a small batch) the backend is as
 with one thread: BLAS runs each product on its own threads. The caller's BLAS
 setting is restored after every call, so NumPy outside the engine is unaffected.
 
@@ -25,7 +25,6 @@ normalisation's to rounding: the kernels sum in double precision).
 """
 import contextlib
 import os
-import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
@@ -54,8 +53,11 @@ class HostBackend(Backend):
     # on one core, well above the hand-off's cost.
     SPLIT_BYTES = 1 << 20
     SPLIT_FLOPS = 8 << 20
-    # Our mode ends this long after the last split.
-    KEEP_S = 0.1
+    # Our mode ends this many calls after the last split. A count of calls, not a time:
+    # OpenBLAS picks its kernels by shape and thread count, so a product's rounding
+    # can depend on the mode it runs in, and the mode must then depend only on the
+    # sequence of calls, never on the machine's speed (same seed, same numbers).
+    KEEP_CALLS = 64
     # Blocks of a split product start at multiples of this many rows or columns
     # (half of it for short products), so each block's SIMD kernels run on whole
     # vectors: the blocks' results are then bit for bit the whole product's (tested).
@@ -81,7 +83,7 @@ class HostBackend(Backend):
         super().__init__(name, xp, cache_block_bytes)
         self._pool = None
         self._blas = None
-        self._ours_until = 0.0
+        self._ours_left = 0
         self._splitting = False
         self.kernels, self.kernels_unavailable = None, "not loaded yet"
         self._kernels_tried = False
@@ -96,7 +98,7 @@ class HostBackend(Backend):
             self._pool.shutdown(wait=True)
         self._pool = ThreadPoolExecutor(threads - 1, "minitorch") if threads > 1 else None
         self.threads = threads
-        self._ours_until = 0.0
+        self._ours_left = 0
 
     # ---- the two modes ------------------------------------------------------------
     def _plan(self, large, splittable):
@@ -105,7 +107,8 @@ class HostBackend(Backend):
         asleep); None for a plain call, BLAS on its own threads."""
         if self.threads == 1 or self._splitting:  # inside a split, BLAS is on one thread
             return None
-        ours = time.perf_counter() < self._ours_until
+        ours = self._ours_left > 0
+        self._ours_left -= ours
         if large or (ours and splittable):
             return True
         return False if ours else None
@@ -123,7 +126,7 @@ class HostBackend(Backend):
             finally:
                 self._splitting = False
         if split:
-            self._ours_until = time.perf_counter() + self.KEEP_S
+            self._ours_left = self.KEEP_CALLS
 
     @contextlib.contextmanager
     def _single_threaded_blas(self):
