@@ -93,7 +93,7 @@ def test_split_product_equals_numpy(host, split_calls, threads, case):
         into = np.full(got.shape, np.nan, dtype=np.float32)
         assert host.matmul(a, b, out=into) is into
     expected = a @ b
-    np.testing.assert_array_equal(got, unsplit)  # bit for bit: splitting never changes the numbers
+    np.testing.assert_array_equal(got, unsplit)  # bit for bit, for these shapes
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(into, expected, rtol=1e-5, atol=1e-5)
     assert bool(split_calls) == (case != "empty")

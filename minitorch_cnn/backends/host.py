@@ -60,7 +60,10 @@ class HostBackend(Backend):
     KEEP_CALLS = 64
     # Blocks of a split product start at multiples of this many rows or columns
     # (half of it for short products), so each block's SIMD kernels run on whole
-    # vectors: the blocks' results are then bit for bit the whole product's (tested).
+    # vectors. Even so a block may round differently from the whole product (OpenBLAS
+    # picks its kernel by shape and thread count: measured, 100x192 by 192x120 split
+    # by rows), which is why whether a call splits depends only on the work's size,
+    # the thread count and the calls before it (KEEP_CALLS), never on timing.
     ALIGN = 16
     # A product whose inner dimension is this many times its result's rows plus
     # columns (a weight gradient) is split along that inner dimension instead.
@@ -190,13 +193,11 @@ class HostBackend(Backend):
                 return out
             by_rows = m >= n and not narrow
             count = m if by_rows else n
-            # Blocks of whole SIMD vectors give the same bits as the whole product.
             align = (self.NARROW_BLOCK if narrow else
                      self.ALIGN if count >= self.ALIGN * self.threads else self.ALIGN // 2)
 
-            # The last block takes the rest, never a short block of its own. (Narrow blocks
-            # change the rounding against the whole product: OpenBLAS picks its kernel by
-            # shape. Their numbers depend on the shape alone, as a deep product's.)
+            # The last block takes the rest, never a short block of its own, whose kernel
+            # could differ: narrow blocks are the same calls, split or not.
             units = count // align if narrow else -(-count // align)
 
             def product(first, stop):
