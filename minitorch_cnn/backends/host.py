@@ -65,15 +65,17 @@ class HostBackend(Backend):
     # by rows), which is why whether a call splits depends only on the work's size,
     # the thread count and the calls before it (KEEP_CALLS), never on timing.
     ALIGN = 16
-    # A product whose inner dimension is this many times its result's rows plus
-    # columns (a weight gradient) is split along that inner dimension instead.
+    # A deep product, one whose inner dimension is this many times its result's rows
+    # plus columns or whose result has at most SMALL_RESULT elements (a weight
+    # gradient: 101x8 from a depth of 12,544 for convnet's conv2), is summed from
+    # products of DEPTH_CHUNK depth, made as one stacked product and split among the
+    # threads by chunks. OpenBLAS runs such chunks up to 3x faster than the whole
+    # product, as their operands stay in L2 (measured, one BLAS thread: convnet's
+    # 0.35 -> 0.14 ms, lenet's first layer 0.49 -> 0.18, bn-cnn's 3.4 -> 1.9; no loss
+    # on the zoo's other weight gradients; 2048-deep chunks lost up to 2.4x).
     DEEP = 64
-    # A deep product with a result this small (a first layer's weight gradient:
-    # 25x6 for lenet) is summed from products of this depth: OpenBLAS runs those
-    # 1.5-3x faster than the whole (measured: lenet 0.49 -> 0.20 ms, convnet
-    # 0.97 -> 0.30, bn-cnn 3.6 -> 2.4; no gain for results of 150x12 and up).
     SMALL_RESULT = 1024
-    DEPTH_CHUNK = 2048
+    DEPTH_CHUNK = 1024
     # A long product of 2-8 rows and a depth of at most 32 (a first layer's forward:
     # 6x25 by 25x57,600 for lenet) is made in blocks of this many columns, whose share
     # of the right operand stays in L2: OpenBLAS runs it 1.4-2.5x faster so (measured:
@@ -175,8 +177,8 @@ class HostBackend(Backend):
                 return xp.matmul(a, b, out=out)
         stack, m, depth, n, shape = dims
         flops, nbytes = 2 * stack * m * depth * n, a.nbytes + b.nbytes
-        deep = len(shape) == 2 and (self.threads > 1 and depth >= self.DEEP * (m + n) or
-                                    m * n <= self.SMALL_RESULT and depth >= 2 * self.DEPTH_CHUNK)
+        deep = len(shape) == 2 and depth >= 2 * self.DEPTH_CHUNK and (
+            depth >= self.DEEP * (m + n) or m * n <= self.SMALL_RESULT)
         narrow = (len(shape) == 2 and not deep and m in self.NARROW_ROWS and depth <= self.NARROW_DEPTH
                   and n >= 2 * self.NARROW_BLOCK)
         split = self._plan(flops >= self.WAKE_FLOPS or nbytes >= self.WAKE_BYTES,
@@ -222,7 +224,7 @@ class HostBackend(Backend):
         numbers depend on the thread count alone, never on the backend's mode."""
         xp = self.xp
         (m, depth), n = a.shape, b.shape[1]
-        step = self.DEPTH_CHUNK if m * n <= self.SMALL_RESULT else -(-depth // self.threads)
+        step = self.DEPTH_CHUNK
         bounds = list(range(0, depth, step)) + [depth]
         chunks = len(bounds) - 1
         parts = min(self.threads, chunks)
