@@ -68,9 +68,9 @@ def build_parser():
                         "may use; see README, Speed)")
     p.add_argument("--model", choices=list(models.MODELS), default=None,
                    help=f"zoo model (default: {DEFAULT_MODEL}: BatchNorm and Adam make it learn "
-                        "fast: about 85%% test accuracy after one epoch and 90.2-90.5%% after its "
-                        "5 (seeds 0-2), in about a minute on two CPU cores; lenet is 4x faster "
-                        "but ends near 87%%)")
+                        "fast: about 85%% test accuracy after one epoch and about 90%% after its "
+                        "5 (89.7-90.1%% on seeds 0-2), in under a minute on two CPU cores; lenet "
+                        "is 4x faster but ends near 87%%)")
     p.add_argument("--dataset", choices=data.DATASETS, default=None,
                    help="dataset (default: the model's, fashion-mnist or cifar10); its image shape "
                         "must be the model's input shape")
