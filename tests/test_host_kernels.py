@@ -295,6 +295,15 @@ def test_an_unwritable_cache_is_named(monkeypatch, tmp_path):
         host_kernels.build()
 
 
+def test_a_damaged_library_is_named(cache):
+    if shutil.which(host_kernels.compiler()[0]) is None:
+        pytest.skip("no C compiler (cc or $CC) on PATH")
+    built = host_kernels.build()
+    built.write_bytes(b"not a shared library")
+    with pytest.raises(host_kernels.KernelsUnavailable, match=f"cannot load {built}.*delete it"):
+        host_kernels.load.__wrapped__()
+
+
 def test_switched_off(monkeypatch):
     monkeypatch.setenv(host_kernels.SWITCH_ENV, "0")
     with pytest.raises(host_kernels.KernelsUnavailable, match="switched off"):

@@ -267,7 +267,7 @@ class HostBackend(Backend):
                 self.kernels_unavailable = str(exc)
                 if os.environ.get(host_kernels.SWITCH_ENV, "1").strip() != "0":
                     warnings.warn(f"minitorch_cnn: the NumPy backend's C kernels are unavailable "
-                                  f"({exc}); max pooling and ReLU run slower NumPy code",
+                                  f"({exc}); pooling, col2im, ReLU and BatchNorm run slower NumPy code",
                                   RuntimeWarning, stacklevel=3)
         if self.kernels is None or any(a.dtype != np.float32 for a in arrays):
             return None

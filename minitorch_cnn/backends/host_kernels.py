@@ -66,10 +66,14 @@ def load():
     """The loaded library, its entry points typed; raises KernelsUnavailable."""
     if os.environ.get(SWITCH_ENV, "1").strip() == "0":
         raise KernelsUnavailable(f"switched off by {SWITCH_ENV}=0")
-    library = ctypes.CDLL(str(build()))
+    path = build()
+    try:
+        library = ctypes.CDLL(str(path))
+        entries = {name: getattr(library, name) for name in SIGNATURES}
+    except (OSError, AttributeError) as exc:  # a damaged file: the cache is only ever renamed into
+        raise KernelsUnavailable(f"cannot load {path} ({exc}); delete it to build it again") from None
     for name, arguments in SIGNATURES.items():
-        entry = getattr(library, name)
-        entry.argtypes, entry.restype = arguments, None
+        entries[name].argtypes, entries[name].restype = arguments, None
     return library
 
 
@@ -99,7 +103,7 @@ def build():
         except subprocess.TimeoutExpired:
             raise KernelsUnavailable(f"{shlex.join(command)} took over 300 s on {SOURCE}") from None
         if run.returncode != 0:
-            detail = " ".join(run.stderr.split())[:300]
+            detail = " ".join(run.stderr.split())[:300] or f"exit status {run.returncode}"
             raise KernelsUnavailable(f"{shlex.join(command)} failed on {SOURCE}: {detail}")
         os.replace(partial, target)
     finally:
