@@ -14,14 +14,15 @@ So the backend runs in one of two modes. Large work (a block worth waking a thre
 for) is split across our threads, the matrix products too, each on one BLAS thread:
 that is *our* mode, and it lasts while large work keeps coming (``KEEP_CALLS``), so
 the smaller work between runs on one thread with BLAS on one thread, and BLAS's
-threads stay asleep. Without large work (a small network at a small batch) the backend is as
-with one thread: BLAS runs each product on its own threads. The caller's BLAS
-setting is restored after every call, so NumPy outside the engine is unaffected.
+threads stay asleep. Without large work (a small network at a small batch) the
+backend is as with one thread: BLAS runs each product on its own threads. The
+caller's BLAS setting is restored after every call, so NumPy outside the engine is
+unaffected.
 
-Max pooling, ReLU's backward and batch normalisation run C kernels (``kernels/host.c``,
-see ``host_kernels.py``) on float32 arrays where they can be built, on the same blocks
-of channels; elsewhere the generic NumPy bodies, which give the same numbers (batch
-normalisation's to rounding: the kernels sum in double precision).
+Max pooling, col2im, ReLU's backward and batch normalisation run C kernels
+(``kernels/host.c``, see ``host_kernels.py``) on float32 arrays where they can be
+built, on the same blocks of channels; elsewhere the generic NumPy bodies, which give
+the same numbers (batch normalisation's to rounding).
 """
 import contextlib
 import os
@@ -252,7 +253,6 @@ class HostBackend(Backend):
         for p in partial[1:]:
             out += p
         return out
-
 
     # ---- the C kernels ----------------------------------------------------------------
     def _kernels_for(self, *arrays):
