@@ -156,9 +156,10 @@ static double lane_total(const double *lanes)
 // Batch statistics and the normalised output: mean, biased variance (two-pass, over the
 // centered values: exact for any mean), inv_std = 1 / sqrt(var + eps) in float32, and
 // out = (x - mean) * (inv_std * weight) + shift. weight may be NULL (no affine scale).
+// With `relu`, out is ReLU's output instead (a NaN stays NaN, as np.maximum keeps it).
 void batch_norm(const float *x, float *out, float *mean, float *var, float *inv_std,
                 const float *weight, const float *shift, int64_t channels, int64_t count,
-                double eps)
+                double eps, int relu)
 {
     for (int64_t c = 0; c < channels; ++c) {
         const float *row = x + c * count;
@@ -185,8 +186,15 @@ void batch_norm(const float *x, float *out, float *mean, float *var, float *inv_
         const float inv = 1.0f / sqrtf(v + (float)eps);
         const float scale = weight ? inv * weight[c] : inv;
         const float b = shift[c];
-        for (int64_t i = 0; i < count; ++i)
-            o[i] = (row[i] - m) * scale + b;
+        if (relu) {
+            for (int64_t i = 0; i < count; ++i) {
+                const float v = (row[i] - m) * scale + b;
+                o[i] = v < 0.0f ? 0.0f : v;
+            }
+        } else {
+            for (int64_t i = 0; i < count; ++i)
+                o[i] = (row[i] - m) * scale + b;
+        }
         mean[c] = m;
         var[c] = v;
         inv_std[c] = inv;
@@ -197,12 +205,22 @@ void batch_norm(const float *x, float *out, float *mean, float *var, float *inv_
 //   g_sum[c]  = sum(g),  g_xhat[c] = sum(g * (x - mean)) * inv_std   (the affine
 //   parameters' gradients), and
 //   gx = scale * (g - g_sum/count - (x - mean) * inv_std * g_xhat/count).
+// With ReLU's output y (not NULL), g is the gradient of y and first passes ReLU's
+// backward (y > 0 ? g : 0), made here into gx's row, which stays in cache.
 void batch_norm_backward(const float *g, const float *x, const float *mean,
                          const float *inv_std, const float *weight, float *gx,
-                         float *g_xhat, float *g_sum, int64_t channels, int64_t count)
+                         float *g_xhat, float *g_sum, int64_t channels, int64_t count,
+                         const float *y)
 {
     for (int64_t c = 0; c < channels; ++c) {
         const float *grow = g + c * count, *row = x + c * count;
+        if (y) {
+            const float *yrow = y + c * count;
+            float *masked = gx + c * count;
+            for (int64_t i = 0; i < count; ++i)
+                masked[i] = yrow[i] > 0.0f ? grow[i] : 0.0f;
+            grow = masked;
+        }
         float *d = gx + c * count;
         const float m = mean[c], inv = inv_std[c];
         const int64_t whole = count - count % LANES;

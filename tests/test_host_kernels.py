@@ -172,10 +172,12 @@ def test_relu_and_pool_ops_through_the_kernels(host):
         np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("relu", [False, True], ids=["", "relu"])
 @pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize("count", [1, 15, 16, 33, 4099])
-def test_batch_norm_matches_the_generic_path(host, count, affine, monkeypatch):
-    """To rounding: the kernels sum in double precision, the generic body in float32."""
+def test_batch_norm_matches_the_generic_path(host, count, affine, relu, monkeypatch):
+    """To rounding: both sum in double precision, in another order. With ``relu``, the
+    fused ReLU forward and its backward too."""
     rng = np.random.default_rng(count)
     rows = (rng.standard_normal((5, count)) * rng.uniform(0.1, 10, (5, 1)) + rng.uniform(-5, 5, (5, 1))).astype(np.float32)
     weight = rng.standard_normal(5).astype(np.float32) if affine else None
@@ -184,14 +186,16 @@ def test_batch_norm_matches_the_generic_path(host, count, affine, monkeypatch):
     for name in ("batch_norm", "batch_norm_backward"):
         real = getattr(host.kernels, name)
         monkeypatch.setattr(host.kernels, name, lambda *a, real=real, name=name: calls.append(name) or real(*a))
-    got = host.batch_norm(rows, weight, shift, 1e-5)
-    want = Backend.batch_norm(host, rows, weight, shift, 1e-5)
+    got = host.batch_norm(rows, weight, shift, 1e-5, relu)
+    want = Backend.batch_norm(host, rows, weight, shift, 1e-5, relu)
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)
     out, mean, var, inv_std = got
+    assert (out.min() >= 0) == relu or count == 1
     g = rng.standard_normal(rows.shape).astype(np.float32)
-    got = host.batch_norm_backward(g, rows, mean, inv_std, weight, True)
-    want = Backend.batch_norm_backward(host, g, rows, mean, inv_std, weight, True)
+    relu_out = out if relu else None
+    got = host.batch_norm_backward(g, rows, mean, inv_std, weight, True, relu_out)
+    want = Backend.batch_norm_backward(host, g, rows, mean, inv_std, weight, True, relu_out)
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
     assert "batch_norm" in calls and "batch_norm_backward" in calls

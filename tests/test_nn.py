@@ -462,3 +462,62 @@ def test_module_to_cupy_and_back():
     np.testing.assert_allclose(gpu, ref, atol=1e-5, rtol=1e-5)
     net.to("numpy")
     assert all(isinstance(p.data, np.ndarray) for p in net.parameters())
+
+
+# ---- Sequential's fused BatchNorm2d + ReLU ---------------------------------------------
+def _fusion_net():
+    mt.manual_seed(3)
+    return nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(4, 3, 3), nn.BatchNorm2d(3), nn.ReLU())
+
+
+def _run(net, x, fused, train):
+    """Output, input gradient, parameter gradients and buffers; ``fused=False`` calls the
+    modules one by one, which never fuses."""
+    net.train(train)
+    for p in net.parameters():
+        p.grad = None
+    xt = mt.tensor(x, requires_grad=True)
+    if fused:
+        out = net(xt)
+    else:
+        out = xt
+        for m in net:
+            out = m(out)
+    (out * mt.tensor(np.linspace(-1, 1, out.numel(), dtype=np.float32).reshape(out.shape))).sum().backward()
+    return [out.numpy(), xt.grad.numpy()] + [p.grad.numpy() for p in net.parameters()] + \
+        [np.array(b) for b in net.state_dict().values()]
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_sequential_fuses_batch_norm_and_relu_to_the_same_numbers(train, monkeypatch):
+    x = np.random.default_rng(4).standard_normal((5, 2, 8, 8)).astype(np.float32)
+    x[0, 0, 0, 0] = np.nan  # a NaN stays NaN through the fused ReLU, as through F.relu
+    calls = []
+    real = nn.BatchNorm2d._normalise
+    monkeypatch.setattr(nn.BatchNorm2d, "_normalise", lambda self, x, relu: calls.append(relu) or real(self, x, relu))
+    fused = _run(_fusion_net(), x, fused=True, train=train)
+    assert calls == [True, True]
+    calls.clear()
+    separate = _run(_fusion_net(), x, fused=False, train=train)
+    assert calls == [False, False]
+    assert np.isnan(fused[0]).any()
+    for a, b in zip(fused, separate):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_sequential_does_not_fuse_a_relu_with_a_forward_of_its_own(monkeypatch):
+    class LeakyReLU(nn.ReLU):
+        def forward(self, x):
+            return mt.nn.functional.relu(x) - 0.01 * mt.nn.functional.relu(-x)
+
+    calls = []
+    real = nn.BatchNorm2d._normalise
+    monkeypatch.setattr(nn.BatchNorm2d, "_normalise", lambda self, x, relu: calls.append(relu) or real(self, x, relu))
+    x = mt.tensor(np.random.default_rng(5).standard_normal((4, 2, 5, 5)).astype(np.float32))
+    patched = nn.ReLU()
+    patched.forward = lambda t: t * 2
+    for second in (LeakyReLU(), patched):
+        out = nn.Sequential(nn.BatchNorm2d(2), second)(x)
+        assert (out.numpy() < 0).any()  # the second module ran, not a fused ReLU
+    assert calls == [False, False]

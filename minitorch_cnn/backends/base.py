@@ -104,9 +104,10 @@ class Backend:
     # sums accumulate in float64: a convolution's weight gradient through a BatchNorm
     # is a near-total cancellation, and float32 sums (BLAS dot products, as before)
     # left errors of 2.7e-3 in bn-cnn's (against float64; PyTorch's: 1e-4; now 1e-6).
-    def batch_norm(self, rows, weight, shift, eps):
+    def batch_norm(self, rows, weight, shift, eps, relu=False):
         """Normalise each row by its own mean and biased variance, then scale by
-        ``weight`` (or None) and add ``shift``. Returns out, mean, var, inv_std."""
+        ``weight`` (or None) and add ``shift``; with ``relu``, then ReLU (a BatchNorm
+        followed by a ReLU: see ``nn.Sequential``). Returns out, mean, var, inv_std."""
         xp = self.xp
         channels, count = rows.shape
         mean, var, inv_std = (xp.empty(channels, dtype=rows.dtype) for _ in range(3))
@@ -120,16 +121,21 @@ class Backend:
             inv_std[b] = 1 / xp.sqrt(var[b] + eps)
             xc *= (inv_std[b] if weight is None else inv_std[b] * weight[b])[:, None]
             xc += shift[b, None]
+            if relu:
+                xp.maximum(xc, 0, out=xc)
 
         self.parallel(normalise, channels, rows.nbytes)
         return out, mean, var, inv_std
 
-    def batch_norm_backward(self, g, rows, mean, inv_std, weight, use_batch):
+    def batch_norm_backward(self, g, rows, mean, inv_std, weight, use_batch, relu_out=None):
         """From the output's gradient ``g`` (rows), the input's gradient and the sums
         ``g_xhat = sum(g * xhat)`` and ``g_sum = sum(g)`` per channel, the affine
         parameters' gradients (``g_xhat`` is None without ``rows``). ``use_batch``: the
-        statistics were the batch's, so they depend on the input too."""
+        statistics were the batch's, so they depend on the input too. ``relu_out``: the
+        forward's output when it ended in a ReLU, whose backward ``g`` passes first."""
         xp = self.xp
+        if relu_out is not None:
+            g = self.relu_backward(g, relu_out)
         channels, count = g.shape
         g_sum = xp.empty(channels, dtype=g.dtype)
         g_xhat = None if rows is None else xp.empty(channels, dtype=g.dtype)

@@ -325,24 +325,25 @@ class HostBackend(Backend):
                       y.size, y.nbytes)
         return dx
 
-    def batch_norm(self, rows, weight, shift, eps):
+    def batch_norm(self, rows, weight, shift, eps, relu=False):
         lib = self._kernels_for(rows, shift, *([] if weight is None else [weight]))
         if lib is None or not rows.flags.c_contiguous:
-            return super().batch_norm(rows, weight, shift, eps)
+            return super().batch_norm(rows, weight, shift, eps, relu)
         channels, count = rows.shape
         out = np.empty_like(rows)
         mean, var, inv_std = (np.empty(channels, dtype=rows.dtype) for _ in range(3))
         weight, shift = (None if weight is None else np.ascontiguousarray(weight)), np.ascontiguousarray(shift)
         self.parallel(lambda a, b: lib.batch_norm(
             _at(rows, a), _at(out, a), _at(mean, a), _at(var, a), _at(inv_std, a),
-            None if weight is None else _at(weight, a), _at(shift, a), b - a, count, eps),
+            None if weight is None else _at(weight, a), _at(shift, a), b - a, count, eps, relu),
             channels, rows.nbytes)
         return out, mean, var, inv_std
 
-    def batch_norm_backward(self, g, rows, mean, inv_std, weight, use_batch):
-        lib = self._kernels_for(g, *([] if rows is None else [rows]))
-        if lib is None or not use_batch or not (g.flags.c_contiguous and rows.flags.c_contiguous):
-            return super().batch_norm_backward(g, rows, mean, inv_std, weight, use_batch)
+    def batch_norm_backward(self, g, rows, mean, inv_std, weight, use_batch, relu_out=None):
+        lib = self._kernels_for(g, *(a for a in (rows, relu_out) if a is not None))
+        if lib is None or not use_batch or not all(a.flags.c_contiguous for a in (g, rows, relu_out)
+                                                     if a is not None):
+            return super().batch_norm_backward(g, rows, mean, inv_std, weight, use_batch, relu_out)
         channels, count = g.shape
         gx = np.empty_like(g)
         g_xhat, g_sum = np.empty(channels, dtype=g.dtype), np.empty(channels, dtype=g.dtype)
@@ -351,7 +352,7 @@ class HostBackend(Backend):
         self.parallel(lambda a, b: lib.batch_norm_backward(
             _at(g, a), _at(rows, a), _at(mean, a), _at(inv_std, a),
             None if weight is None else _at(weight, a), _at(gx, a), _at(g_xhat, a), _at(g_sum, a),
-            b - a, count),
+            b - a, count, None if relu_out is None else _at(relu_out, a)),
             channels, g.nbytes)
         return gx, g_xhat, g_sum
 

@@ -40,8 +40,8 @@ SIGNATURES = {
     "max_pool_backward": [_PTR, _PTR, _PTR] + _GEOMETRY,
     "relu_backward": [_PTR, _PTR, _PTR, _I64],
     "col2im_add": [_PTR, _PTR] + [_I64] * 16,
-    "batch_norm": [_PTR] * 7 + [_I64, _I64, ctypes.c_double],
-    "batch_norm_backward": [_PTR] * 8 + [_I64, _I64],
+    "batch_norm": [_PTR] * 7 + [_I64, _I64, ctypes.c_double, ctypes.c_int],
+    "batch_norm_backward": [_PTR] * 8 + [_I64, _I64, _PTR],
 }
 
 

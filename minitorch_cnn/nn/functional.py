@@ -254,9 +254,11 @@ class BatchNorm(Function):
     channel's statistics are one contiguous reduction (``Backend.batch_norm`` and
     ``batch_norm_backward``). Backward needs the centered input, ``x - mean``: it is
     formed again from the input, which the graph keeps anyway, rather than kept as one
-    more activation-sized array."""
+    more activation-sized array. With ``relu`` the op is a BatchNorm followed by a ReLU
+    (``nn.Sequential`` fuses the pair): the same numbers, without the ReLU's own pass
+    over the activation each way."""
 
-    def forward(self, x, *affine, running_mean, running_var, training, momentum, eps):
+    def forward(self, x, *affine, running_mean, running_var, training, momentum, eps, relu=False):
         be = backends.backend_of(x)
         xp = be.xp
         rows = _channel_rows(x)
@@ -267,7 +269,7 @@ class BatchNorm(Function):
                              f"training, got input of shape {tuple(x.shape)}")
         weight, shift = affine if affine else (None, xp.zeros(channels, dtype=x.dtype))
         if self.use_batch:
-            out, mean, var, inv_std = be.batch_norm(rows, weight, shift, eps)
+            out, mean, var, inv_std = be.batch_norm(rows, weight, shift, eps, relu)
         else:
             # Running statistics: one affine map, x * scale + (shift - mean * scale),
             # as PyTorch's inference kernel.
@@ -275,6 +277,9 @@ class BatchNorm(Function):
             scale = inv_std if weight is None else inv_std * weight
             out = be.elementwise(_scale_shift, xp.empty_like(rows), rows, scale[:, None],
                                  (shift - mean * scale)[:, None])
+            if relu:
+                be.elementwise(xp.maximum, out, out, _zero_row(out))
+        self.relu_out = out if relu else None  # ReLU's backward passes where it is positive
         if training and running_mean is not None:
             # Running statistics: momentum 0.1 by default, unbiased variance (PyTorch).
             running_mean *= 1 - momentum
@@ -291,7 +296,7 @@ class BatchNorm(Function):
     def backward(self, g):
         be = backends.backend_of(g)
         gx, g_xhat, g_sum = be.batch_norm_backward(_channel_rows(g), self.rows, self.mean, self.inv_std,
-                                                   self.weight, self.use_batch)
+                                                   self.weight, self.use_batch, self.relu_out)
         gx = _from_channel_rows(gx, self.x_shape)
         if self.weight is None:
             return gx
@@ -307,12 +312,18 @@ def _scale_shift(x, scale, shift, out):
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
                momentum=0.1, eps=1e-5):
     """Running statistics (raw arrays or Tensors) are updated in place when training."""
+    return _batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps, relu=False)
+
+
+def _batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps, relu):
+    """``batch_norm``, and with ``relu`` then ``relu`` in the same op (``nn.Sequential``
+    fuses a BatchNorm2d followed by a ReLU; not a PyTorch function)."""
     raw = lambda t: t.data if isinstance(t, Tensor) else t
     affine = () if weight is None else (weight, bias if bias is not None else Tensor(
         weight.backend.xp.zeros(weight.shape, dtype=weight.dtype)))
     return BatchNorm.apply(input, *affine, running_mean=raw(running_mean),
                            running_var=raw(running_var), training=training,
-                           momentum=momentum, eps=eps)
+                           momentum=momentum, eps=eps, relu=relu)
 
 
 # ---- softmax family and losses ---------------------------------------------------------
