@@ -471,6 +471,15 @@ def _fusion_net():
                          nn.Conv2d(4, 3, 3), nn.BatchNorm2d(3), nn.ReLU())
 
 
+@pytest.fixture
+def normalise_calls(monkeypatch):
+    """The ``relu`` flag of every BatchNorm2d._normalise call: True where fused."""
+    calls = []
+    real = nn.BatchNorm2d._normalise
+    monkeypatch.setattr(nn.BatchNorm2d, "_normalise", lambda self, x, relu: calls.append(relu) or real(self, x, relu))
+    return calls
+
+
 def _run(net, x, fused, train):
     """Output, input gradient, parameter gradients and buffers; ``fused=False`` calls the
     modules one by one, which never fuses."""
@@ -490,12 +499,10 @@ def _run(net, x, fused, train):
 
 
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
-def test_sequential_fuses_batch_norm_and_relu_to_the_same_numbers(train, monkeypatch):
+def test_sequential_fuses_batch_norm_and_relu_to_the_same_numbers(train, normalise_calls):
     x = np.random.default_rng(4).standard_normal((5, 2, 8, 8)).astype(np.float32)
     x[0, 0, 0, 0] = np.nan  # a NaN stays NaN through the fused ReLU, as through F.relu
-    calls = []
-    real = nn.BatchNorm2d._normalise
-    monkeypatch.setattr(nn.BatchNorm2d, "_normalise", lambda self, x, relu: calls.append(relu) or real(self, x, relu))
+    calls = normalise_calls
     fused = _run(_fusion_net(), x, fused=True, train=train)
     assert calls == [True, True]
     calls.clear()
@@ -506,14 +513,12 @@ def test_sequential_fuses_batch_norm_and_relu_to_the_same_numbers(train, monkeyp
         np.testing.assert_array_equal(a, b)
 
 
-def test_sequential_does_not_fuse_a_relu_with_a_forward_of_its_own(monkeypatch):
+def test_sequential_does_not_fuse_a_relu_with_a_forward_of_its_own(normalise_calls):
     class LeakyReLU(nn.ReLU):
         def forward(self, x):
             return mt.nn.functional.relu(x) - 0.01 * mt.nn.functional.relu(-x)
 
-    calls = []
-    real = nn.BatchNorm2d._normalise
-    monkeypatch.setattr(nn.BatchNorm2d, "_normalise", lambda self, x, relu: calls.append(relu) or real(self, x, relu))
+    calls = normalise_calls
     x = mt.tensor(np.random.default_rng(5).standard_normal((4, 2, 5, 5)).astype(np.float32))
     patched = nn.ReLU()
     patched.forward = lambda t: t * 2

@@ -265,7 +265,7 @@ class HostBackend(Backend):
                 self.kernels, self.kernels_unavailable = host_kernels.load(), None
             except host_kernels.KernelsUnavailable as exc:
                 self.kernels_unavailable = str(exc)
-                if os.environ.get(host_kernels.SWITCH_ENV, "1").strip() != "0":
+                if not host_kernels.switched_off():
                     warnings.warn(f"minitorch_cnn: the NumPy backend's C kernels are unavailable "
                                   f"({exc}); pooling, col2im, ReLU and BatchNorm run slower NumPy code",
                                   RuntimeWarning, stacklevel=3)
@@ -316,8 +316,8 @@ class HostBackend(Backend):
 
     def relu_backward(self, g, y):
         lib = self._kernels_for(g, y)
-        flat_g, flat_y = _in_memory_order(g), _in_memory_order(y)
-        if lib is None or g.strides != y.strides or flat_g is None or flat_y is None:
+        flat_g, flat_y = (None, None) if lib is None or g.strides != y.strides else map(_in_memory_order, (g, y))
+        if flat_g is None or flat_y is None:
             return super().relu_backward(g, y)
         dx = np.empty_like(y)  # y's layout, so dx's memory order is g's and y's
         flat_dx = _in_memory_order(dx)

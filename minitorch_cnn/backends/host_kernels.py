@@ -61,10 +61,15 @@ def compiler():
     return shlex.split(os.environ.get("CC") or "cc")
 
 
+def switched_off():
+    """Whether the user asked for the NumPy code instead (``MINITORCH_CNN_HOST_KERNELS=0``)."""
+    return os.environ.get(SWITCH_ENV, "1").strip() == "0"
+
+
 @functools.lru_cache(maxsize=None)
 def load():
     """The loaded library, its entry points typed; raises KernelsUnavailable."""
-    if os.environ.get(SWITCH_ENV, "1").strip() == "0":
+    if switched_off():
         raise KernelsUnavailable(f"switched off by {SWITCH_ENV}=0")
     path = build()
     try:
