@@ -5,7 +5,9 @@
 // max pooling with its argmax (NumPy: one `maximum` per window offset, then backward
 // finds each first maximum again: an `equal`, a `greater`, an `or` and a multiply per
 // offset), and ReLU's backward (a comparison, a boolean array, and a float-by-bool
-// multiply). These kernels read each input once and write each output once.
+// multiply). These kernels read each input once and write each output once. A
+// BatchNorm followed by a ReLU and a max pool (bn-cnn's, VGG's) runs as one kernel each
+// way, so that the full-size activation between the three never goes to memory.
 //
 // Layout and conventions, as in the CUDA kernels (maxpool.cu):
 //   x, dx     : contiguous (C, H, W, N) float32, batch innermost
@@ -20,72 +22,102 @@
 #include <math.h>
 #include <string.h>
 
-// Window maxima and argmax. Padding reads as -inf, which never beats a value: the
-// running maximum starts at -inf with offset 0 (the first element, padding or not, as
-// the generic path's first maximum over its -inf-padded windows), and an element
-// replaces it when strictly greater or NaN (`v != v`), so a NaN propagates as in
-// PyTorch. The inner loop runs over the N samples of one pixel: contiguous, branch-free.
-void max_pool(const float *x, float *out, uint8_t *arg,
-              int64_t C, int64_t H, int64_t W, int64_t N, int64_t kh, int64_t kw,
-              int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t OH, int64_t OW)
+// Window maxima and argmax of one channel's plane (H, W, N) into (OH, OW, N). Padding
+// reads as -inf, which never beats a value: the running maximum starts at -inf with
+// offset 0 (the first element, padding or not, as the generic path's first maximum over
+// its -inf-padded windows), and an element replaces it when strictly greater or NaN
+// (`v != v`), so a NaN propagates as in PyTorch. The inner loop runs over the N samples
+// of one pixel: contiguous, branch-free. With `normalise`, the plane is a BatchNorm's
+// input and each value is first mapped as batch_norm maps it, then through a ReLU: the
+// same numbers as pooling that map's output, which is never stored.
+static inline __attribute__((always_inline)) void pool_plane_mapped(
+    const float *plane, float *out, uint8_t *arg, int64_t H, int64_t W, int64_t N, int64_t kh, int64_t kw,
+    int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t OH, int64_t OW,
+    int normalise, float mean, float scale, float shift)
 {
-    for (int64_t c = 0; c < C; ++c) {
-        const float *plane = x + c * H * W * N;
-        for (int64_t oh = 0; oh < OH; ++oh) {
-            for (int64_t ow = 0; ow < OW; ++ow) {
-                float *best = out + ((c * OH + oh) * OW + ow) * N;
-                uint8_t *best_k = arg + ((c * OH + oh) * OW + ow) * N;
-                for (int64_t n = 0; n < N; ++n) {
-                    best[n] = -__builtin_inff();
-                    best_k[n] = 0;
-                }
-                for (int64_t i = 0; i < kh; ++i) {
-                    const int64_t y = oh * sh - ph + i;
-                    if (y < 0 || y >= H)
+    // The offsets are tracked in 32-bit lanes, as wide as the floats compared, and
+    // narrowed to uint8 once per window: a select on bytes from a float comparison
+    // costs the vectorised loop a repacking per step.
+    float mapped[normalise ? N : 1];
+    int32_t offset[N];
+    for (int64_t oh = 0; oh < OH; ++oh) {
+        for (int64_t ow = 0; ow < OW; ++ow) {
+            float *best = out + (oh * OW + ow) * N;
+            for (int64_t n = 0; n < N; ++n) {
+                best[n] = -__builtin_inff();
+                offset[n] = 0;
+            }
+            for (int64_t i = 0; i < kh; ++i) {
+                const int64_t y = oh * sh - ph + i;
+                if (y < 0 || y >= H)
+                    continue;
+                for (int64_t j = 0; j < kw; ++j) {
+                    const int64_t xx = ow * sw - pw + j;
+                    if (xx < 0 || xx >= W)
                         continue;
-                    for (int64_t j = 0; j < kw; ++j) {
-                        const int64_t xx = ow * sw - pw + j;
-                        if (xx < 0 || xx >= W)
-                            continue;
-                        const float *v = plane + (y * W + xx) * N;
-                        const uint8_t k = (uint8_t)(i * kw + j);
+                    const float *v = plane + (y * W + xx) * N;
+                    const int32_t k = (int32_t)(i * kw + j);
+                    if (normalise) {  // two loops, each of which vectorises
                         for (int64_t n = 0; n < N; ++n) {
-                            const int take = (v[n] > best[n]) | (v[n] != v[n]);
-                            best[n] = take ? v[n] : best[n];
-                            best_k[n] = take ? k : best_k[n];
+                            const float m = (v[n] - mean) * scale + shift;
+                            mapped[n] = m < 0.0f ? 0.0f : m;
                         }
+                        v = mapped;
+                    }
+                    for (int64_t n = 0; n < N; ++n) {
+                        const int take = (v[n] > best[n]) | (v[n] != v[n]);
+                        best[n] = take ? v[n] : best[n];
+                        offset[n] = take ? k : offset[n];
                     }
                 }
             }
+            uint8_t *best_k = arg + (oh * OW + ow) * N;
+            for (int64_t n = 0; n < N; ++n)
+                best_k[n] = (uint8_t)offset[n];
         }
     }
 }
 
-// Each window's gradient to its argmax. Window offsets are visited in ascending order,
-// each over every window, so an input element under overlapping windows sums its
-// shares in the generic path's order (both give bitwise the same sums).
-void max_pool_backward(const float *dout, const uint8_t *arg, float *dx,
-                       int64_t C, int64_t H, int64_t W, int64_t N, int64_t kh, int64_t kw,
-                       int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t OH, int64_t OW)
+void max_pool(const float *x, float *out, uint8_t *arg,
+              int64_t C, int64_t H, int64_t W, int64_t N, int64_t kh, int64_t kw,
+              int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t OH, int64_t OW)
 {
-    memset(dx, 0, (size_t)(C * H * W * N) * sizeof(float));
-    for (int64_t c = 0; c < C; ++c) {
-        float *plane = dx + c * H * W * N;
-        for (int64_t i = 0; i < kh; ++i) {
-            for (int64_t j = 0; j < kw; ++j) {
-                const uint8_t k = (uint8_t)(i * kw + j);
-                for (int64_t oh = 0; oh < OH; ++oh) {
-                    const int64_t y = oh * sh - ph + i;
-                    if (y < 0 || y >= H)
+    for (int64_t c = 0; c < C; ++c)
+        pool_plane_mapped(x + c * H * W * N, out + c * OH * OW * N, arg + c * OH * OW * N,
+                          H, W, N, kh, kw, sh, sw, ph, pw, OH, OW, 0, 0.0f, 1.0f, 0.0f);
+}
+
+// Each window's gradient to its argmax, in one channel's plane dx (H, W, N). Window
+// offsets are visited in ascending order, each over every window, so an input element
+// under overlapping windows sums its shares in the generic path's order (both give
+// bitwise the same sums). With `passed` (the pool's output, not NULL) the pool followed
+// a ReLU: a window's gradient goes on only where its maximum, the ReLU's output at the
+// argmax, is > 0 (ReLU's backward, y > 0 ? g : 0, taken before the pool's).
+static void pool_backward_plane(const float *dout, const uint8_t *arg, const float *passed, float *dx,
+                                int64_t H, int64_t W, int64_t N, int64_t kh, int64_t kw,
+                                int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t OH, int64_t OW)
+{
+    memset(dx, 0, (size_t)(H * W * N) * sizeof(float));
+    for (int64_t i = 0; i < kh; ++i) {
+        for (int64_t j = 0; j < kw; ++j) {
+            const uint8_t k = (uint8_t)(i * kw + j);
+            for (int64_t oh = 0; oh < OH; ++oh) {
+                const int64_t y = oh * sh - ph + i;
+                if (y < 0 || y >= H)
+                    continue;
+                for (int64_t ow = 0; ow < OW; ++ow) {
+                    const int64_t xx = ow * sw - pw + j;
+                    if (xx < 0 || xx >= W)
                         continue;
-                    for (int64_t ow = 0; ow < OW; ++ow) {
-                        const int64_t xx = ow * sw - pw + j;
-                        if (xx < 0 || xx >= W)
-                            continue;
-                        const int64_t o = ((c * OH + oh) * OW + ow) * N;
-                        const float *g = dout + o;
-                        const uint8_t *a = arg + o;
-                        float *d = plane + (y * W + xx) * N;
+                    const int64_t o = (oh * OW + ow) * N;
+                    const float *g = dout + o;
+                    const uint8_t *a = arg + o;
+                    float *d = dx + (y * W + xx) * N;
+                    if (passed) {
+                        const float *p = passed + o;
+                        for (int64_t n = 0; n < N; ++n)
+                            d[n] += a[n] == k && p[n] > 0.0f ? g[n] : 0.0f;
+                    } else {
                         for (int64_t n = 0; n < N; ++n)
                             d[n] += a[n] == k ? g[n] : 0.0f;
                     }
@@ -93,6 +125,15 @@ void max_pool_backward(const float *dout, const uint8_t *arg, float *dx,
             }
         }
     }
+}
+
+void max_pool_backward(const float *dout, const uint8_t *arg, float *dx,
+                       int64_t C, int64_t H, int64_t W, int64_t N, int64_t kh, int64_t kw,
+                       int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t OH, int64_t OW)
+{
+    for (int64_t c = 0; c < C; ++c)
+        pool_backward_plane(dout + c * OH * OW * N, arg + c * OH * OW * N, NULL, dx + c * H * W * N,
+                            H, W, N, kh, kw, sh, sw, ph, pw, OH, OW);
 }
 
 // Adjoint of im2col: add columns (C, kh, kw, OH, OW, N) into a padded image dx, where
@@ -153,10 +194,37 @@ static double lane_total(const double *lanes)
     return total;
 }
 
-// Batch statistics and the normalised output: mean, biased variance (two-pass, over the
-// centered values: exact for any mean), inv_std = 1 / sqrt(var + eps) in float32, and
-// out = (x - mean) * (inv_std * weight) + shift. weight may be NULL (no affine scale).
-// With `relu`, out is ReLU's output instead (a NaN stays NaN, as np.maximum keeps it).
+// One channel's batch statistics: mean, biased variance (two-pass, over the centered
+// values: exact for any mean) and inv_std = 1 / sqrt(var + eps) in float32.
+static void row_statistics(const float *row, int64_t count, double eps, float *mean, float *var, float *inv_std)
+{
+    const int64_t whole = count - count % LANES;
+    double lanes[LANES] = {0};
+    for (int64_t i = 0; i < whole; i += LANES)
+        for (int l = 0; l < LANES; ++l)
+            lanes[l] += row[i + l];
+    for (int64_t i = whole; i < count; ++i)
+        lanes[0] += row[i];
+    const float m = (float)(lane_total(lanes) / (double)count);
+    double squares[LANES] = {0};
+    for (int64_t i = 0; i < whole; i += LANES)
+        for (int l = 0; l < LANES; ++l) {
+            const float d = row[i + l] - m;
+            squares[l] += (double)d * d;
+        }
+    for (int64_t i = whole; i < count; ++i) {
+        const float d = row[i] - m;
+        squares[0] += (double)d * d;
+    }
+    const float v = (float)(lane_total(squares) / (double)count);
+    *mean = m;
+    *var = v;
+    *inv_std = 1.0f / sqrtf(v + (float)eps);
+}
+
+// The statistics and the normalised output out = (x - mean) * (inv_std * weight) + shift
+// (weight may be NULL: no affine scale). With `relu`, out is ReLU's output instead (a
+// NaN stays NaN, as np.maximum keeps it).
 void batch_norm(const float *x, float *out, float *mean, float *var, float *inv_std,
                 const float *weight, const float *shift, int64_t channels, int64_t count,
                 double eps, int relu)
@@ -164,28 +232,8 @@ void batch_norm(const float *x, float *out, float *mean, float *var, float *inv_
     for (int64_t c = 0; c < channels; ++c) {
         const float *row = x + c * count;
         float *o = out + c * count;
-        const int64_t whole = count - count % LANES;
-        double lanes[LANES] = {0};
-        for (int64_t i = 0; i < whole; i += LANES)
-            for (int l = 0; l < LANES; ++l)
-                lanes[l] += row[i + l];
-        for (int64_t i = whole; i < count; ++i)
-            lanes[0] += row[i];
-        const float m = (float)(lane_total(lanes) / (double)count);
-        double squares[LANES] = {0};
-        for (int64_t i = 0; i < whole; i += LANES)
-            for (int l = 0; l < LANES; ++l) {
-                const float d = row[i + l] - m;
-                squares[l] += (double)d * d;
-            }
-        for (int64_t i = whole; i < count; ++i) {
-            const float d = row[i] - m;
-            squares[0] += (double)d * d;
-        }
-        const float v = (float)(lane_total(squares) / (double)count);
-        const float inv = 1.0f / sqrtf(v + (float)eps);
-        const float scale = weight ? inv * weight[c] : inv;
-        const float b = shift[c];
+        row_statistics(row, count, eps, mean + c, var + c, inv_std + c);
+        const float m = mean[c], scale = weight ? inv_std[c] * weight[c] : inv_std[c], b = shift[c];
         if (relu) {
             for (int64_t i = 0; i < count; ++i) {
                 const float v = (row[i] - m) * scale + b;
@@ -195,16 +243,40 @@ void batch_norm(const float *x, float *out, float *mean, float *var, float *inv_
             for (int64_t i = 0; i < count; ++i)
                 o[i] = (row[i] - m) * scale + b;
         }
-        mean[c] = m;
-        var[c] = v;
-        inv_std[c] = inv;
     }
 }
 
-// Its backward, from the output's gradient g and the input x, for batch statistics:
-//   g_sum[c]  = sum(g),  g_xhat[c] = sum(g * (x - mean)) * inv_std   (the affine
-//   parameters' gradients), and
-//   gx = scale * (g - g_sum/count - (x - mean) * inv_std * g_xhat/count).
+// One channel's backward, from the output's gradient g and the input x, for batch
+// statistics:
+//   g_sum  = sum(g),  g_xhat = sum(g * (x - mean)) * inv_std   (the affine parameters'
+//   gradients), and
+//   d = scale * (g - g_sum/count - (x - mean) * inv_std * g_xhat/count).
+// d may be g itself: each element of g is read before d's is written.
+static void normalise_row_backward(const float *g, const float *row, float *d, int64_t count, float m,
+                                   float inv, const float *weight, float *g_xhat, float *g_sum)
+{
+    const int64_t whole = count - count % LANES;
+    double sums[LANES] = {0}, dots[LANES] = {0};
+    for (int64_t i = 0; i < whole; i += LANES)
+        for (int l = 0; l < LANES; ++l) {
+            sums[l] += g[i + l];
+            dots[l] += (double)g[i + l] * (row[i + l] - m);
+        }
+    for (int64_t i = whole; i < count; ++i) {
+        sums[0] += g[i];
+        dots[0] += (double)g[i] * (row[i] - m);
+    }
+    const float s = (float)lane_total(sums);
+    const float gh = (float)lane_total(dots) * inv;
+    const float scale = weight ? inv * *weight : inv;
+    const float g_mean = s / (float)count;
+    const float factor = -inv * gh / (float)count;
+    for (int64_t i = 0; i < count; ++i)
+        d[i] = ((row[i] - m) * factor + g[i] - g_mean) * scale;
+    *g_sum = s;
+    *g_xhat = gh;
+}
+
 // With ReLU's output y (not NULL), g is the gradient of y and first passes ReLU's
 // backward (y > 0 ? g : 0), made here into gx's row, which stays in cache.
 void batch_norm_backward(const float *g, const float *x, const float *mean,
@@ -213,7 +285,7 @@ void batch_norm_backward(const float *g, const float *x, const float *mean,
                          const float *y)
 {
     for (int64_t c = 0; c < channels; ++c) {
-        const float *grow = g + c * count, *row = x + c * count;
+        const float *grow = g + c * count;
         if (y) {
             const float *yrow = y + c * count;
             float *masked = gx + c * count;
@@ -221,27 +293,45 @@ void batch_norm_backward(const float *g, const float *x, const float *mean,
                 masked[i] = yrow[i] > 0.0f ? grow[i] : 0.0f;
             grow = masked;
         }
-        float *d = gx + c * count;
-        const float m = mean[c], inv = inv_std[c];
-        const int64_t whole = count - count % LANES;
-        double sums[LANES] = {0}, dots[LANES] = {0};
-        for (int64_t i = 0; i < whole; i += LANES)
-            for (int l = 0; l < LANES; ++l) {
-                sums[l] += grow[i + l];
-                dots[l] += (double)grow[i + l] * (row[i + l] - m);
-            }
-        for (int64_t i = whole; i < count; ++i) {
-            sums[0] += grow[i];
-            dots[0] += (double)grow[i] * (row[i] - m);
-        }
-        const float s = (float)lane_total(sums);
-        const float gh = (float)lane_total(dots) * inv;
-        const float scale = weight ? inv * weight[c] : inv;
-        const float g_mean = s / (float)count;
-        const float factor = -inv * gh / (float)count;
-        for (int64_t i = 0; i < count; ++i)
-            d[i] = ((row[i] - m) * factor + grow[i] - g_mean) * scale;
-        g_sum[c] = s;
-        g_xhat[c] = gh;
+        normalise_row_backward(grow, x + c * count, gx + c * count, count, mean[c], inv_std[c],
+                               weight ? weight + c : NULL, g_xhat + c, g_sum + c);
+    }
+}
+
+// ---- a BatchNorm, a ReLU and a max pool as one op (nn.Sequential fuses the three) ----
+// The same arithmetic as the kernels above one after the other, so the same numbers, but
+// the full-size activation between them never goes to memory: forward maps each value
+// as it pools it and writes only the pooled output and its argmax; backward makes each
+// channel's gradient through the pool and the ReLU in gx's row, in cache. x, gx:
+// (C, H, W, N); pooled, arg, dout: (C, OH, OW, N).
+void batch_norm_relu_pool(const float *x, float *pooled, uint8_t *arg,
+                          float *mean, float *var, float *inv_std, const float *weight, const float *shift,
+                          int64_t C, int64_t H, int64_t W, int64_t N, int64_t kh, int64_t kw,
+                          int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t OH, int64_t OW, double eps)
+{
+    const int64_t count = H * W * N, out_count = OH * OW * N;
+    for (int64_t c = 0; c < C; ++c) {
+        row_statistics(x + c * count, count, eps, mean + c, var + c, inv_std + c);
+        pool_plane_mapped(x + c * count, pooled + c * out_count, arg + c * out_count,
+                          H, W, N, kh, kw, sh, sw, ph, pw, OH, OW,
+                          1, mean[c], weight ? inv_std[c] * weight[c] : inv_std[c], shift[c]);
+    }
+}
+
+// Its backward, for batch statistics: the gradient through the pool and the ReLU, made
+// in gx's row, is overwritten there with the BatchNorm's input gradient.
+void batch_norm_relu_pool_backward(const float *dout, const uint8_t *arg, const float *pooled, const float *x,
+                                   const float *mean, const float *inv_std, const float *weight, float *gx,
+                                   float *g_xhat, float *g_sum,
+                                   int64_t C, int64_t H, int64_t W, int64_t N, int64_t kh, int64_t kw,
+                                   int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t OH, int64_t OW)
+{
+    const int64_t count = H * W * N, out_count = OH * OW * N;
+    for (int64_t c = 0; c < C; ++c) {
+        float *row = gx + c * count;
+        pool_backward_plane(dout + c * out_count, arg + c * out_count, pooled + c * out_count, row,
+                            H, W, N, kh, kw, sh, sw, ph, pw, OH, OW);
+        normalise_row_backward(row, x + c * count, row, count, mean[c], inv_std[c],
+                               weight ? weight + c : NULL, g_xhat + c, g_sum + c);
     }
 }

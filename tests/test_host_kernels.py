@@ -201,6 +201,50 @@ def test_batch_norm_matches_the_generic_path(host, count, affine, relu, monkeypa
     assert "batch_norm" in calls and "batch_norm_backward" in calls
 
 
+@pytest.mark.parametrize("values", ["random", "ties", "nan"])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("case", POOL_WINDOWS, ids=_ids)
+def test_batch_norm_relu_pool_is_the_three_kernels_in_turn(host, case, affine, values, monkeypatch):
+    """The fused kernel gives exactly what the BatchNorm (with its ReLU) and the max-pool
+    kernels give one after the other, forward and backward; and, to rounding, what the
+    generic bodies give."""
+    c, h, w, n, kh, kw, sh, sw, ph, pw = case
+    if h * w * n < 2:
+        pytest.skip("batch statistics need two values per channel")
+    window, shape = (kh, kw, sh, sw, ph, pw), (c, h, w, n)
+    rng = _rng(case, np.float32)
+    rows = _pool_input(rng, shape, values, np.float32).reshape(c, -1) * 3 + 1
+    weight = rng.standard_normal(c).astype(np.float32) if affine else None
+    shift = rng.standard_normal(c).astype(np.float32)
+    calls = []
+    for name in ("batch_norm_relu_pool", "batch_norm_relu_pool_backward"):
+        real = getattr(host.kernels, name)
+        monkeypatch.setattr(host.kernels, name, lambda *a, real=real, name=name: calls.append(name) or real(*a))
+
+    pooled, arg, mean, var, inv_std = host.batch_norm_pool(rows, shape, weight, shift, 1e-5, window)
+    out, *stats = host.batch_norm(rows, weight, shift, 1e-5, relu=True)
+    want_pooled, want_arg = host.max_pool(out.reshape(shape), *window)
+    for got, want in zip((pooled, arg, mean, var, inv_std), (want_pooled, want_arg, *stats)):
+        np.testing.assert_array_equal(got, want)
+    assert not (pooled < 0).any() and np.isnan(pooled).any() == (values == "nan")
+
+    dout = rng.standard_normal(pooled.shape).astype(np.float32)
+    got = host.batch_norm_pool_backward(dout, pooled, arg, shape, window, rows, mean, inv_std, weight, True)
+    g = host.max_pool_backward(dout, arg, shape, *window).reshape(rows.shape)
+    for a, b in zip(got, host.batch_norm_backward(g, rows, mean, inv_std, weight, True, out)):
+        np.testing.assert_array_equal(a, b)
+    assert "batch_norm_relu_pool" in calls and "batch_norm_relu_pool_backward" in calls
+
+    if values != "nan":  # the generic bodies, whose sums round differently
+        want = Backend.batch_norm_pool(host, rows, shape, weight, shift, 1e-5, window)
+        for a, b in zip((pooled, mean, var, inv_std), want[:1] + want[2:]):
+            np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)
+        want_grads = Backend.batch_norm_pool_backward(host, dout, pooled, arg, shape, window, rows, mean,
+                                                      inv_std, weight, True)
+        for a, b in zip(got, want_grads):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
 def test_batch_norm_sums_beat_float32(host):
     """A channel of 200,704 values far from zero (a bn-cnn first layer's): the kernel's
     mean and variance stay within float32 rounding of the exact ones."""

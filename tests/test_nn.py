@@ -464,19 +464,24 @@ def test_module_to_cupy_and_back():
     assert all(isinstance(p.data, np.ndarray) for p in net.parameters())
 
 
-# ---- Sequential's fused BatchNorm2d + ReLU ---------------------------------------------
+# ---- Sequential's fused BatchNorm2d + ReLU (+ MaxPool2d) ---------------------------------
 def _fusion_net():
+    """Three BatchNorm2d + ReLU runs: before a 2x2 pool, before an overlapping, padded
+    pool, and last, with no pool after it."""
     mt.manual_seed(3)
     return nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(4, 3, 3), nn.BatchNorm2d(3), nn.ReLU())
+                         nn.Conv2d(4, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.MaxPool2d(3, 2, 1),
+                         nn.Conv2d(3, 2, 1), nn.BatchNorm2d(2), nn.ReLU())
 
 
 @pytest.fixture
 def normalise_calls(monkeypatch):
-    """The ``relu`` flag of every BatchNorm2d._normalise call: True where fused."""
+    """``(relu, pool fused)`` of every BatchNorm2d._normalise call."""
     calls = []
     real = nn.BatchNorm2d._normalise
-    monkeypatch.setattr(nn.BatchNorm2d, "_normalise", lambda self, x, relu: calls.append(relu) or real(self, x, relu))
+    monkeypatch.setattr(nn.BatchNorm2d, "_normalise",
+                        lambda self, x, relu, pool=None: calls.append((relu, pool is not None))
+                        or real(self, x, relu, pool))
     return calls
 
 
@@ -499,15 +504,15 @@ def _run(net, x, fused, train):
 
 
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
-def test_sequential_fuses_batch_norm_and_relu_to_the_same_numbers(train, normalise_calls):
-    x = np.random.default_rng(4).standard_normal((5, 2, 8, 8)).astype(np.float32)
-    x[0, 0, 0, 0] = np.nan  # a NaN stays NaN through the fused ReLU, as through F.relu
+def test_sequential_fuses_batch_norm_relu_and_pool_to_the_same_numbers(train, normalise_calls):
+    x = np.random.default_rng(4).standard_normal((5, 2, 9, 9)).astype(np.float32)
+    x[0, 0, 0, 0] = np.nan  # a NaN stays NaN through the fused ReLU and pool, as through F.relu
     calls = normalise_calls
     fused = _run(_fusion_net(), x, fused=True, train=train)
-    assert calls == [True, True]
+    assert calls == [(True, True), (True, True), (True, False)]
     calls.clear()
     separate = _run(_fusion_net(), x, fused=False, train=train)
-    assert calls == [False, False]
+    assert calls == [(False, False)] * 3
     assert np.isnan(fused[0]).any()
     for a, b in zip(fused, separate):
         np.testing.assert_array_equal(a, b)
@@ -519,10 +524,28 @@ def test_sequential_does_not_fuse_a_relu_with_a_forward_of_its_own(normalise_cal
             return mt.nn.functional.relu(x) - 0.01 * mt.nn.functional.relu(-x)
 
     calls = normalise_calls
-    x = mt.tensor(np.random.default_rng(5).standard_normal((4, 2, 5, 5)).astype(np.float32))
+    x = mt.tensor(np.random.default_rng(5).standard_normal((4, 2, 6, 6)).astype(np.float32))
     patched = nn.ReLU()
     patched.forward = lambda t: t * 2
     for second in (LeakyReLU(), patched):
-        out = nn.Sequential(nn.BatchNorm2d(2), second)(x)
+        out = nn.Sequential(nn.BatchNorm2d(2), second, nn.MaxPool2d(2))(x)
         assert (out.numpy() < 0).any()  # the second module ran, not a fused ReLU
-    assert calls == [False, False]
+    assert calls == [(False, False), (False, False)]
+
+
+def test_sequential_does_not_fuse_a_pool_with_a_forward_of_its_own(normalise_calls):
+    class AvgOfMax(nn.MaxPool2d):
+        def forward(self, x):
+            return mt.nn.functional.avg_pool2d(x, 2)
+
+    calls = normalise_calls
+    x = mt.tensor(np.random.default_rng(6).standard_normal((4, 2, 6, 6)).astype(np.float32))
+    patched = nn.MaxPool2d(2)
+    patched.forward = lambda t: -t
+    for third in (AvgOfMax(2), patched):
+        out = nn.Sequential(nn.BatchNorm2d(2), nn.ReLU(), third)(x).numpy()
+        want = third(nn.functional.relu(nn.functional.batch_norm(x, None, None, training=True))).numpy()
+        np.testing.assert_allclose(out, want, rtol=1e-6, atol=1e-6)  # the third module's own code ran
+    assert calls == [(True, False), (True, False)]
+
+

@@ -161,6 +161,29 @@ class Backend:
         self.parallel(backward_block, channels, g.nbytes)
         return gx, g_xhat, g_sum
 
+    def batch_norm_pool(self, rows, shape, weight, shift, eps, window):
+        """A BatchNorm on batch statistics, a ReLU and a max pool as one op (``nn.Sequential``
+        fuses the three): ``batch_norm`` with ``relu``, then ``max_pool`` of its output,
+        the (C, H, W, N) array ``shape``, over ``window`` (kh, kw, sh, sw, ph, pw). Returns
+        the pooled output, the pool's routing, mean, var and inv_std. A backend with a
+        fused kernel keeps the full-size activation between them out of memory."""
+        out, mean, var, inv_std = self.batch_norm(rows, weight, shift, eps, relu=True)
+        pooled, routing = self.max_pool(out.reshape(shape), *window)
+        return pooled, routing, mean, var, inv_std
+
+    def batch_norm_pool_backward(self, dout, pooled, routing, shape, window, rows, mean, inv_std, weight,
+                                 use_batch):
+        """Its backward from ``dout``, the pooled output's gradient; returns what
+        ``batch_norm_backward`` does. The ReLU's output at a window's argmax is the
+        window's maximum, so ReLU's backward (pass where the output is > 0) can come
+        first, on the pooled arrays, then the pool's and the BatchNorm's: the same numbers
+        as the three backward passes in their own order."""
+        xp = self.xp
+        passed = xp.where(pooled > 0, dout, xp.zeros((), dtype=dout.dtype))
+        g = self.max_pool_backward(passed, routing, shape, *window)
+        return self.batch_norm_backward(xp.ascontiguousarray(g).reshape(shape[0], -1), rows, mean, inv_std,
+                                        weight, use_batch)
+
     # ---- random numbers -------------------------------------------------------
     def seed(self, seed):
         """Reseed this backend's generator (dropout masks, randn)."""

@@ -357,6 +357,47 @@ class HostBackend(Backend):
         return gx, g_xhat, g_sum
 
 
+    def batch_norm_pool(self, rows, shape, weight, shift, eps, window):
+        """One kernel for the three ops, a block of channels at a time: each value is
+        normalised and ReLU'd as the pool reads it, and only the pooled output is stored."""
+        kh, kw, sh, sw, ph, pw = window
+        lib = self._kernels_for(rows, shift, *([] if weight is None else [weight]))
+        if lib is None or not rows.flags.c_contiguous or kh * kw > 256:  # a uint8 argmax
+            return super().batch_norm_pool(rows, shape, weight, shift, eps, window)
+        c, h, w, n = shape
+        oh, ow = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
+        pooled = np.empty((c, oh, ow, n), dtype=rows.dtype)
+        arg = np.empty(pooled.shape, dtype=np.uint8)
+        mean, var, inv_std = (np.empty(c, dtype=rows.dtype) for _ in range(3))
+        weight, shift = (None if weight is None else np.ascontiguousarray(weight)), np.ascontiguousarray(shift)
+        geometry = (h, w, n, kh, kw, sh, sw, ph, pw, oh, ow, eps)
+
+        self.parallel(lambda a, b: lib.batch_norm_relu_pool(
+            _at(rows, a), _at(pooled, a), _at(arg, a), _at(mean, a), _at(var, a), _at(inv_std, a),
+            None if weight is None else _at(weight, a), _at(shift, a), b - a, *geometry),
+            c, rows.nbytes)
+        return pooled, arg, mean, var, inv_std
+
+    def batch_norm_pool_backward(self, dout, pooled, routing, shape, window, rows, mean, inv_std, weight,
+                                 use_batch):
+        lib = self._kernels_for(dout, pooled, *([] if rows is None else [rows]))
+        if (lib is None or not use_batch or rows is None or not isinstance(routing, np.ndarray)
+                or not all(a.flags.c_contiguous for a in (dout, pooled, routing, rows))):
+            return super().batch_norm_pool_backward(dout, pooled, routing, shape, window, rows, mean, inv_std,
+                                                    weight, use_batch)
+        c, h, w, n = shape
+        _, oh, ow, _ = pooled.shape
+        gx = np.empty_like(rows)
+        g_xhat, g_sum = np.empty(c, dtype=rows.dtype), np.empty(c, dtype=rows.dtype)
+        mean, inv_std = np.ascontiguousarray(mean, dtype=rows.dtype), np.ascontiguousarray(inv_std, dtype=rows.dtype)
+        weight = None if weight is None else np.ascontiguousarray(weight, dtype=rows.dtype)
+        geometry = (h, w, n, *window, oh, ow)
+        self.parallel(lambda a, b: lib.batch_norm_relu_pool_backward(
+            _at(dout, a), _at(routing, a), _at(pooled, a), _at(rows, a), _at(mean, a), _at(inv_std, a),
+            None if weight is None else _at(weight, a), _at(gx, a), _at(g_xhat, a), _at(g_sum, a),
+            b - a, *geometry), c, gx.nbytes)
+        return gx, g_xhat, g_sum
+
 def _at(array, index):
     """The address of ``array[index]`` (an index along the first axis)."""
     return array.ctypes.data + index * array.strides[0]

@@ -2,8 +2,8 @@
 system's C compiler, cached, and loaded with ctypes.
 
 They replace the generic NumPy bodies of max pooling and batch normalisation (forward
-and backward) and of ReLU's backward for float32 arrays, as the CUDA kernels do on the GPU; see the source
-for why these. Where they cannot be built (no compiler, a read-only cache, a failed
+and backward, alone or fused with the ReLU and max pool after it) and of ReLU's backward
+for float32 arrays, as the CUDA kernels do on the GPU; see the source for why these. Where they cannot be built (no compiler, a read-only cache, a failed
 build) or are switched off (``MINITORCH_CNN_HOST_KERNELS=0``), :func:`load` says why and
 the backend runs the generic bodies, which give the same numbers.
 
@@ -42,6 +42,8 @@ SIGNATURES = {
     "col2im_add": [_PTR, _PTR] + [_I64] * 16,
     "batch_norm": [_PTR] * 7 + [_I64, _I64, ctypes.c_double, ctypes.c_int],
     "batch_norm_backward": [_PTR] * 8 + [_I64, _I64, _PTR],
+    "batch_norm_relu_pool": [_PTR] * 8 + _GEOMETRY + [ctypes.c_double],
+    "batch_norm_relu_pool_backward": [_PTR] * 10 + _GEOMETRY,
 }
 
 

@@ -20,6 +20,11 @@ def _nchw(a):
     return a.transpose(3, 0, 1, 2)
 
 
+def _chwn_shape(nchw_shape):
+    n, c, h, w = nchw_shape
+    return c, h, w, n
+
+
 # Row sums of a (rows, columns) matrix as a matrix product: BLAS runs it 2-5x faster
 # than NumPy's a.sum(axis=1) on activation-sized rows.
 def _row_sum(a):
@@ -103,7 +108,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0):
 # ---- pooling -------------------------------------------------------------------------
 class MaxPool2d(Function):
     def forward(self, x, window):
-        self.x_shape, self.window = (x.shape[1], x.shape[2], x.shape[3], x.shape[0]), window
+        self.x_shape, self.window = _chwn_shape(x.shape), window
         out, self.routing = backends.backend_of(x).max_pool(_chwn(x), *window)
         return _nchw(out)
 
@@ -114,7 +119,7 @@ class MaxPool2d(Function):
 
 class AvgPool2d(Function):
     def forward(self, x, window):
-        self.x_shape, self.window = (x.shape[1], x.shape[2], x.shape[3], x.shape[0]), window
+        self.x_shape, self.window = _chwn_shape(x.shape), window
         return _nchw(backends.backend_of(x).avg_pool(_chwn(x), *window))
 
     def backward(self, g):
@@ -122,12 +127,17 @@ class AvgPool2d(Function):
         return _nchw(be.avg_pool_backward(_chwn(g), self.x_shape, *self.window))
 
 
-def _pool(fn, op, input, kernel_size, stride, padding):
+def _pool_window(op, input, kernel_size, stride, padding):
+    """(kh, kw, sh, sw, ph, pw) of a pooling over ``input``, checked."""
     window = _window(input, kernel_size, kernel_size if stride is None else stride, padding, op)
     kh, kw, _, _, ph, pw = window
     if ph > kh // 2 or pw > kw // 2:
         raise ValueError(f"{op}: padding {padding!r} must be at most half of kernel_size {kernel_size!r}")
-    return fn.apply(input, window=window)
+    return window
+
+
+def _pool(fn, op, input, kernel_size, stride, padding):
+    return fn.apply(input, window=_pool_window(op, input, kernel_size, stride, padding))
 
 
 def max_pool2d(input, kernel_size, stride=None, padding=0):
@@ -254,21 +264,24 @@ class BatchNorm(Function):
     channel's statistics are one contiguous reduction (``Backend.batch_norm`` and
     ``batch_norm_backward``). Backward needs the centered input, ``x - mean``: it is
     formed again from the input, which the graph keeps anyway, rather than kept as one
-    more activation-sized array. With ``relu`` the op is a BatchNorm followed by a ReLU
-    (``nn.Sequential`` fuses the pair): the same numbers, without the ReLU's own pass
-    over the activation each way."""
+    more activation-sized array. With ``relu`` the op is a BatchNorm followed by a ReLU,
+    and with ``pool`` (a max pool's window) then by that max pool too (``nn.Sequential``
+    fuses them): the same numbers, with fewer passes over the activation each way."""
 
-    def forward(self, x, *affine, running_mean, running_var, training, momentum, eps, relu=False):
+    def forward(self, x, *affine, running_mean, running_var, training, momentum, eps, relu=False, pool=None):
         be = backends.backend_of(x)
         xp = be.xp
         rows = _channel_rows(x)
         channels, count = rows.shape
-        self.x_shape, self.use_batch = x.shape, training or running_mean is None
+        self.x_shape, self.use_batch, self.pool = x.shape, training or running_mean is None, pool
         if self.use_batch and count < 2 and training:
             raise ValueError("batch_norm: expected more than 1 value per channel when "
                              f"training, got input of shape {tuple(x.shape)}")
         weight, shift = affine if affine else (None, xp.zeros(channels, dtype=x.dtype))
-        if self.use_batch:
+        if self.use_batch and pool:
+            out, self.routing, mean, var, inv_std = be.batch_norm_pool(rows, _chwn_shape(x.shape), weight, shift,
+                                                                       eps, pool)
+        elif self.use_batch:
             out, mean, var, inv_std = be.batch_norm(rows, weight, shift, eps, relu)
         else:
             # Running statistics: one affine map, x * scale + (shift - mean * scale),
@@ -279,7 +292,11 @@ class BatchNorm(Function):
                                  (shift - mean * scale)[:, None])
             if relu:
                 be.elementwise(xp.maximum, out, out, _zero_row(out))
-        self.relu_out = out if relu else None  # ReLU's backward passes where it is positive
+            if pool:
+                out, self.routing = be.max_pool(out.reshape(_chwn_shape(x.shape)), *pool)
+        # ReLU's backward passes where its output is positive; after a pool, the pool's
+        # output is the ReLU's output at each window's argmax.
+        self.relu_out = out if relu else None
         if training and running_mean is not None:
             # Running statistics: momentum 0.1 by default, unbiased variance (PyTorch).
             running_mean *= 1 - momentum
@@ -291,12 +308,17 @@ class BatchNorm(Function):
         keep_input = self.use_batch or (weight is not None and self.needs_grad[1])
         self.rows, self.mean = (rows, mean.copy()) if keep_input else (None, None)
         self.inv_std, self.weight = inv_std, weight
-        return _from_channel_rows(out, x.shape)
+        return _nchw(out) if pool else _from_channel_rows(out, x.shape)
 
     def backward(self, g):
         be = backends.backend_of(g)
-        gx, g_xhat, g_sum = be.batch_norm_backward(_channel_rows(g), self.rows, self.mean, self.inv_std,
-                                                   self.weight, self.use_batch, self.relu_out)
+        if self.pool:
+            gx, g_xhat, g_sum = be.batch_norm_pool_backward(
+                _chwn(g), self.relu_out, self.routing, _chwn_shape(self.x_shape), self.pool, self.rows,
+                self.mean, self.inv_std, self.weight, self.use_batch)
+        else:
+            gx, g_xhat, g_sum = be.batch_norm_backward(_channel_rows(g), self.rows, self.mean, self.inv_std,
+                                                       self.weight, self.use_batch, self.relu_out)
         gx = _from_channel_rows(gx, self.x_shape)
         if self.weight is None:
             return gx
@@ -315,15 +337,19 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     return _batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps, relu=False)
 
 
-def _batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps, relu):
-    """``batch_norm``, and with ``relu`` then ``relu`` in the same op (``nn.Sequential``
-    fuses a BatchNorm2d followed by a ReLU; not a PyTorch function)."""
+def _batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps, relu, pool=None):
+    """``batch_norm``, and with ``relu`` then ``relu`` in the same op, and with ``pool``
+    (max_pool2d's ``(kernel_size, stride, padding)``) then that max pool too
+    (``nn.Sequential`` fuses these; not a PyTorch function)."""
     raw = lambda t: t.data if isinstance(t, Tensor) else t
     affine = () if weight is None else (weight, bias if bias is not None else Tensor(
         weight.backend.xp.zeros(weight.shape, dtype=weight.dtype)))
+    if pool is not None and not relu:
+        raise ValueError("_batch_norm: a fused max pool follows the fused ReLU (relu=True)")
+    window = None if pool is None else _pool_window("max_pool2d", input, *pool)
     return BatchNorm.apply(input, *affine, running_mean=raw(running_mean),
                            running_var=raw(running_var), training=training,
-                           momentum=momentum, eps=eps, relu=relu)
+                           momentum=momentum, eps=eps, relu=relu, pool=window)
 
 
 # ---- softmax family and losses ---------------------------------------------------------
