@@ -148,6 +148,23 @@ def test_relu_backward_matches_the_generic_path(host, layout, monkeypatch):
     assert bool(kernel_calls) == (layout in ("chwn", "nchw"))
 
 
+@pytest.mark.parametrize("layout", ["chwn", "nchw", "strided"])
+def test_relu_matches_the_generic_path(host, layout, monkeypatch):
+    _, x = _relu_case(layout)
+    x[0, 0, 0, :3] = [np.nan, -0.0, -np.inf]  # NaN stays NaN
+    kernel_calls = []
+    real = host.kernels.relu
+    monkeypatch.setattr(host.kernels, "relu", lambda *a: kernel_calls.append(a) or real(*a))
+    y = host.relu(x)
+    np.testing.assert_array_equal(y, Backend.relu(host, x))
+    assert np.isnan(y[0, 0, 0, 0]) and (y[~np.isnan(y)] >= 0).all()
+    assert y.strides == np.empty_like(x).strides  # x's memory order
+    assert bool(kernel_calls) == (layout in ("chwn", "nchw"))
+    in_place = x.copy(order="K")  # dense: the kernel's, whatever x's layout
+    assert host.relu(in_place, out=in_place) is in_place
+    np.testing.assert_array_equal(in_place, y)
+
+
 def test_relu_backward_stops_inf_and_nan_where_relu_was_off(host):
     """As PyTorch's threshold_backward: no gradient at all where y <= 0, not g * 0."""
     g = np.array([np.inf, np.nan, 2.0, -np.inf], dtype=np.float32)

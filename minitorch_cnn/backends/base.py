@@ -17,6 +17,18 @@ class BackendUnavailable(RuntimeError):
     """The requested backend cannot run here; the message says why."""
 
 
+def _zero_row(xp, x):
+    """Zeros that broadcast along ``x``'s innermost axis in memory. NumPy's ``maximum``
+    against the scalar 0 takes a loop 1.3-2x slower than against such a row (12.8 MB:
+    1.05 -> 0.66-0.95 ms; lenet's 1.4 MB: 0.113 -> 0.058 ms, measured)."""
+    if x.ndim == 0:
+        return 0
+    inner = min(range(x.ndim), key=lambda d: abs(x.strides[d]) if x.shape[d] > 1 else float("inf"))
+    shape = [1] * x.ndim
+    shape[inner] = x.shape[inner]
+    return xp.zeros(shape, dtype=x.dtype)
+
+
 def out_size(size, kernel, stride, padding):
     """Output length of a sliding window (PyTorch's floor mode)."""
     return (size + 2 * padding - kernel) // stride + 1
@@ -87,6 +99,12 @@ class Backend:
 
         self.parallel(block, out.shape[axis], out.nbytes)
         return out
+
+    def relu(self, x, out=None):
+        """``max(x, 0)`` in ``x``'s layout (into ``out``, of that layout, if given); a NaN
+        stays NaN, as in PyTorch."""
+        out = self.xp.empty_like(x) if out is None else out
+        return self.elementwise(self.xp.maximum, out, x, _zero_row(self.xp, x))
 
     def relu_backward(self, g, y):
         """ReLU's gradient from its output ``y``: ``g`` where ``y > 0``, else 0."""

@@ -314,6 +314,16 @@ class HostBackend(Backend):
         strides = [s // item for s in cols.strides[:4] + dx.strides[:2]]
         lib.col2im_add(cols.ctypes.data, dx.ctypes.data, c, kh, kw, oh, ow, n, sh, sw, rows, w, *strides)
 
+    def relu(self, x, out=None):
+        lib = self._kernels_for(x)
+        out = np.empty_like(x) if out is None else out  # x's layout (empty_like keeps it)
+        flat_x, flat_out = (None, None) if lib is None or out.strides != x.strides else map(_in_memory_order,
+                                                                                              (x, out))
+        if flat_x is None or flat_out is None:
+            return super().relu(x, out)
+        self.parallel(lambda a, b: lib.relu(_at(flat_x, a), _at(flat_out, a), b - a), x.size, x.nbytes)
+        return out
+
     def relu_backward(self, g, y):
         lib = self._kernels_for(g, y)
         flat_g, flat_y = (None, None) if lib is None or g.strides != y.strides else map(_in_memory_order, (g, y))

@@ -38,6 +38,7 @@ _GEOMETRY = [_I64] * 12  # C, H, W, N, kh, kw, sh, sw, ph, pw, OH, OW
 SIGNATURES = {
     "max_pool": [_PTR, _PTR, _PTR] + _GEOMETRY,
     "max_pool_backward": [_PTR, _PTR, _PTR] + _GEOMETRY,
+    "relu": [_PTR, _PTR, _I64],
     "relu_backward": [_PTR, _PTR, _PTR, _I64],
     "col2im_add": [_PTR, _PTR] + [_I64] * 16,
     "batch_norm": [_PTR] * 7 + [_I64, _I64, ctypes.c_double, ctypes.c_int],
