@@ -327,6 +327,18 @@ void batch_norm_relu_pool(const float *x, float *pooled, uint8_t *arg,
     }
 }
 
+// The same on running statistics (evaluation): each value is mapped as x * scale + shift,
+// the form of the generic path and of PyTorch's inference kernel, before the ReLU.
+void scale_shift_relu_pool(const float *x, float *pooled, uint8_t *arg, const float *scale, const float *shift,
+                           int64_t C, int64_t H, int64_t W, int64_t N, int64_t kh, int64_t kw,
+                           int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t OH, int64_t OW)
+{
+    const int64_t count = H * W * N, out_count = OH * OW * N;
+    for (int64_t c = 0; c < C; ++c)  // (x - 0) * scale + shift: x * scale + shift, exactly
+        pool_plane_mapped(x + c * count, pooled + c * out_count, arg + c * out_count,
+                          H, W, N, kh, kw, sh, sw, ph, pw, OH, OW, 1, 0.0f, scale[c], shift[c]);
+}
+
 // Its backward, for batch statistics: the gradient through the pool and the ReLU, made
 // in gx's row, is overwritten there with the BatchNorm's input gradient.
 void batch_norm_relu_pool_backward(const float *dout, const uint8_t *arg, const float *pooled, const float *x,

@@ -222,9 +222,9 @@ def test_batch_norm_matches_the_generic_path(host, count, affine, relu, monkeypa
 @pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize("case", POOL_WINDOWS, ids=_ids)
 def test_batch_norm_relu_pool_is_the_three_kernels_in_turn(host, case, affine, values, monkeypatch):
-    """The fused kernel gives exactly what the BatchNorm (with its ReLU) and the max-pool
-    kernels give one after the other, forward and backward; and, to rounding, what the
-    generic bodies give."""
+    """The fused kernels give exactly what the BatchNorm (with its ReLU) and the max-pool
+    kernels give one after the other, forward and backward, on batch and on running
+    statistics; and, to rounding, what the generic bodies give."""
     c, h, w, n, kh, kw, sh, sw, ph, pw = case
     if h * w * n < 2:
         pytest.skip("batch statistics need two values per channel")
@@ -234,7 +234,7 @@ def test_batch_norm_relu_pool_is_the_three_kernels_in_turn(host, case, affine, v
     weight = rng.standard_normal(c).astype(np.float32) if affine else None
     shift = rng.standard_normal(c).astype(np.float32)
     calls = []
-    for name in ("batch_norm_relu_pool", "batch_norm_relu_pool_backward"):
+    for name in ("batch_norm_relu_pool", "batch_norm_relu_pool_backward", "scale_shift_relu_pool"):
         real = getattr(host.kernels, name)
         monkeypatch.setattr(host.kernels, name, lambda *a, real=real, name=name: calls.append(name) or real(*a))
 
@@ -244,13 +244,17 @@ def test_batch_norm_relu_pool_is_the_three_kernels_in_turn(host, case, affine, v
     for got, want in zip((pooled, arg, mean, var, inv_std), (want_pooled, want_arg, *stats)):
         np.testing.assert_array_equal(got, want)
     assert not (pooled < 0).any() and np.isnan(pooled).any() == (values == "nan")
+    scale = rng.uniform(-2, 2, c).astype(np.float32)  # running statistics: one affine map
+    for got, want in zip(host.scale_shift_pool(rows, shape, scale, shift, window),
+                         Backend.scale_shift_pool(host, rows, shape, scale, shift, window)):
+        np.testing.assert_array_equal(got, want)
 
     dout = rng.standard_normal(pooled.shape).astype(np.float32)
     got = host.batch_norm_pool_backward(dout, pooled, arg, shape, window, rows, mean, inv_std, weight, True)
     g = host.max_pool_backward(dout, arg, shape, *window).reshape(rows.shape)
     for a, b in zip(got, host.batch_norm_backward(g, rows, mean, inv_std, weight, True, out)):
         np.testing.assert_array_equal(a, b)
-    assert "batch_norm_relu_pool" in calls and "batch_norm_relu_pool_backward" in calls
+    assert {"batch_norm_relu_pool", "batch_norm_relu_pool_backward", "scale_shift_relu_pool"} <= set(calls)
 
     if values != "nan":  # the generic bodies, whose sums round differently
         want = Backend.batch_norm_pool(host, rows, shape, weight, shift, 1e-5, window)

@@ -179,6 +179,24 @@ class Backend:
         self.parallel(backward_block, channels, g.nbytes)
         return gx, g_xhat, g_sum
 
+    def scale_shift(self, rows, scale, shift, relu=False):
+        """``rows * scale + shift`` with one scale and shift per row (a BatchNorm on
+        running statistics), then ReLU if ``relu``."""
+        xp = self.xp
+
+        def affine(x, scale, shift, out):
+            xp.multiply(x, scale, out=out)
+            out += shift
+            return out
+
+        out = self.elementwise(affine, xp.empty_like(rows), rows, scale[:, None], shift[:, None])
+        return self.relu(out, out=out) if relu else out
+
+    def scale_shift_pool(self, rows, shape, scale, shift, window):
+        """``scale_shift`` with ReLU, then ``max_pool`` as in ``batch_norm_pool``: the
+        fused op on running statistics. Returns the pooled output and the routing."""
+        return self.max_pool(self.scale_shift(rows, scale, shift, relu=True).reshape(shape), *window)
+
     def batch_norm_pool(self, rows, shape, weight, shift, eps, window):
         """A BatchNorm on batch statistics, a ReLU and a max pool as one op (``nn.Sequential``
         fuses the three): ``batch_norm`` with ``relu``, then ``max_pool`` of its output,

@@ -370,23 +370,40 @@ class HostBackend(Backend):
     def batch_norm_pool(self, rows, shape, weight, shift, eps, window):
         """One kernel for the three ops, a block of channels at a time: each value is
         normalised and ReLU'd as the pool reads it, and only the pooled output is stored."""
-        kh, kw, sh, sw, ph, pw = window
-        lib = self._kernels_for(rows, shift, *([] if weight is None else [weight]))
-        if lib is None or not rows.flags.c_contiguous or kh * kw > 256:  # a uint8 argmax
+        pool = self._fused_pool(rows, shape, window, shift, *([] if weight is None else [weight]))
+        if pool is None:
             return super().batch_norm_pool(rows, shape, weight, shift, eps, window)
+        lib, pooled, arg, geometry = pool
+        mean, var, inv_std = (np.empty(shape[0], dtype=rows.dtype) for _ in range(3))
+        weight, shift = (None if weight is None else np.ascontiguousarray(weight)), np.ascontiguousarray(shift)
+        self.parallel(lambda a, b: lib.batch_norm_relu_pool(
+            _at(rows, a), _at(pooled, a), _at(arg, a), _at(mean, a), _at(var, a), _at(inv_std, a),
+            None if weight is None else _at(weight, a), _at(shift, a), b - a, *geometry, eps),
+            shape[0], rows.nbytes)
+        return pooled, arg, mean, var, inv_std
+
+    def scale_shift_pool(self, rows, shape, scale, shift, window):
+        pool = self._fused_pool(rows, shape, window, scale, shift)
+        if pool is None:
+            return super().scale_shift_pool(rows, shape, scale, shift, window)
+        lib, pooled, arg, geometry = pool
+        scale, shift = np.ascontiguousarray(scale), np.ascontiguousarray(shift)
+        self.parallel(lambda a, b: lib.scale_shift_relu_pool(
+            _at(rows, a), _at(pooled, a), _at(arg, a), _at(scale, a), _at(shift, a), b - a, *geometry),
+            shape[0], rows.nbytes)
+        return pooled, arg
+
+    def _fused_pool(self, rows, shape, window, *arrays):
+        """For a fused normalisation, ReLU and max pool on the C kernels: the library, the
+        pooled output and argmax to fill, and the kernels' geometry; None where they cannot."""
+        kh, kw, sh, sw, ph, pw = window
+        lib = self._kernels_for(rows, *arrays)
+        if lib is None or not rows.flags.c_contiguous or kh * kw > 256:  # a uint8 argmax
+            return None
         c, h, w, n = shape
         oh, ow = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
         pooled = np.empty((c, oh, ow, n), dtype=rows.dtype)
-        arg = np.empty(pooled.shape, dtype=np.uint8)
-        mean, var, inv_std = (np.empty(c, dtype=rows.dtype) for _ in range(3))
-        weight, shift = (None if weight is None else np.ascontiguousarray(weight)), np.ascontiguousarray(shift)
-        geometry = (h, w, n, kh, kw, sh, sw, ph, pw, oh, ow, eps)
-
-        self.parallel(lambda a, b: lib.batch_norm_relu_pool(
-            _at(rows, a), _at(pooled, a), _at(arg, a), _at(mean, a), _at(var, a), _at(inv_std, a),
-            None if weight is None else _at(weight, a), _at(shift, a), b - a, *geometry),
-            c, rows.nbytes)
-        return pooled, arg, mean, var, inv_std
+        return lib, pooled, np.empty(pooled.shape, dtype=np.uint8), (h, w, n, kh, kw, sh, sw, ph, pw, oh, ow)
 
     def batch_norm_pool_backward(self, dout, pooled, routing, shape, window, rows, mean, inv_std, weight,
                                  use_batch):

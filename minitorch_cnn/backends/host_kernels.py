@@ -45,6 +45,7 @@ SIGNATURES = {
     "batch_norm_backward": [_PTR] * 8 + [_I64, _I64, _PTR],
     "batch_norm_relu_pool": [_PTR] * 8 + _GEOMETRY + [ctypes.c_double],
     "batch_norm_relu_pool_backward": [_PTR] * 10 + _GEOMETRY,
+    "scale_shift_relu_pool": [_PTR] * 5 + _GEOMETRY,
 }
 
 

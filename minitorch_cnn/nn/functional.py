@@ -275,12 +275,11 @@ class BatchNorm(Function):
             # as PyTorch's inference kernel.
             mean, inv_std = running_mean, 1 / xp.sqrt(running_var + eps)
             scale = inv_std if weight is None else inv_std * weight
-            out = be.elementwise(_scale_shift, xp.empty_like(rows), rows, scale[:, None],
-                                 (shift - mean * scale)[:, None])
-            if relu:
-                be.relu(out, out=out)
             if pool:
-                out, self.routing = be.max_pool(out.reshape(_chwn_shape(x.shape)), *pool)
+                out, self.routing = be.scale_shift_pool(rows, _chwn_shape(x.shape), scale, shift - mean * scale,
+                                                        pool)
+            else:
+                out = be.scale_shift(rows, scale, shift - mean * scale, relu)
         # ReLU's backward passes where its output is positive; after a pool, the pool's
         # output is the ReLU's output at each window's argmax.
         self.relu_out = out if relu else None
@@ -310,12 +309,6 @@ class BatchNorm(Function):
         if self.weight is None:
             return gx
         return gx, g_xhat, g_sum
-
-
-def _scale_shift(x, scale, shift, out):
-    backends.get_array_module(x).multiply(x, scale, out=out)
-    out += shift
-    return out
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
