@@ -20,9 +20,9 @@ CASES = [  # (C, H, W, N), Cout, kernel, stride, padding
 @pytest.fixture
 def host():
     be = backends.get_backend_by_name("numpy")
-    before = be.cache_block_bytes
+    before = be.cache_block_bytes, be.buffer_block_bytes
     yield be
-    be.cache_block_bytes = before
+    be.cache_block_bytes, be.buffer_block_bytes = before
 
 
 @pytest.mark.parametrize("keep_cols", [True, False])
@@ -100,3 +100,29 @@ def test_blocked_conv2d_trains_like_pytorch(host):
     np.testing.assert_allclose(out.numpy(), tout.detach().numpy(), rtol=1e-4, atol=1e-4)
     for ours, theirs in ((X, tx), (W, tw), (B, tb)):
         np.testing.assert_allclose(ours.grad.numpy(), theirs.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_blocks_that_share_one_buffer_are_at_most_buffer_block_bytes(host):
+    """Without keeping the columns (inference) one buffer serves every block, so blocks
+    are no larger than buffer_block_bytes; kept columns use cache_block_bytes alone."""
+    host.cache_block_bytes, host.buffer_block_bytes = 1 << 20, 1 << 16
+    total = 8 << 20  # 8 MB over 64 output rows
+    kept, buffered = host._rows_per_block(64, total), host._rows_per_block(64, total, buffered=True)
+    assert kept > buffered == 1
+    host.buffer_block_bytes = None
+    assert host._rows_per_block(64, total, buffered=True) == kept
+    host.cache_block_bytes = None  # no blocking at all
+    assert host._rows_per_block(64, total, buffered=True) is None
+
+
+def test_core_cache_bytes_reads_the_largest_unshared_data_cache(tmp_path):
+    from minitorch_cnn.backends.host import core_cache_bytes
+
+    for index, (kind, size, shared) in enumerate([("Data", "48K", "0"), ("Instruction", "32K", "0"),
+                                                  ("Unified", "2048K", "0"), ("Unified", "30720K", "0-1")]):
+        folder = tmp_path / f"index{index}"
+        folder.mkdir()
+        for name, text in (("type", kind), ("size", size), ("shared_cpu_list", shared)):
+            (folder / name).write_text(text + "\n")
+    assert core_cache_bytes(caches=tmp_path) == 2048 << 10
+    assert core_cache_bytes(default=123, caches=tmp_path / "missing") == 123

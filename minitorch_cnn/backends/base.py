@@ -38,12 +38,15 @@ class Backend:
     #: Blocks of work ``parallel`` runs at once (see there).
     threads = 1
 
-    def __init__(self, name, xp, cache_block_bytes=None):
+    def __init__(self, name, xp, cache_block_bytes=None, buffer_block_bytes=None):
         self.name = name
         self.xp = xp
         # Column matrices larger than this are built and multiplied a block of output
         # rows at a time (see conv2d); None: always whole (a GPU wants large launches).
         self.cache_block_bytes = cache_block_bytes
+        # At most this, where the blocks take turns in one buffer (columns that are not
+        # kept: inference), so that the buffer stays in a core's own cache; None: no less.
+        self.buffer_block_bytes = buffer_block_bytes
         self.seed(None)
 
     def __repr__(self):
@@ -281,7 +284,7 @@ class Backend:
         oh, ow = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
         k, cout = c * kh * kw, w2.shape[0]
         total = k * oh * ow * n * x.dtype.itemsize
-        rows = self._rows_per_block(oh, total)
+        rows = self._rows_per_block(oh, total, buffered=not keep_cols)
         shape = (c, kh, kw, oh, ow, n)
         cols, kept = self._columns(shape, x.dtype, ones_row) if keep_cols else (None, None)
         if rows is None:
@@ -318,14 +321,18 @@ class Backend:
             memory[k * m:] = 1
         return memory[:k * m].reshape(shape), memory.reshape(k + ones_row, m)
 
-    def _rows_per_block(self, oh, total):
+    def _rows_per_block(self, oh, total, buffered=False):
         """Output rows per block, for work of ``total`` bytes over ``oh`` rows, or None to
         do the work whole (no ``cache_block_bytes``, or it fits in two blocks): blocks of
-        at most ``cache_block_bytes``, their count a multiple of the threads where the
+        at most ``cache_block_bytes`` (and ``buffer_block_bytes`` if ``buffered``: the
+        blocks take turns in one buffer), their count a multiple of the threads where the
         rows allow it, so that every thread gets as many."""
-        if self.cache_block_bytes is None or total <= 2 * self.cache_block_bytes:
+        block = self.cache_block_bytes
+        if block is not None and buffered and self.buffer_block_bytes is not None:
+            block = min(block, self.buffer_block_bytes)
+        if block is None or total <= 2 * block:
             return None
-        target = -(-total // self.cache_block_bytes)
+        target = -(-total // block)
         target = -(-target // self.threads) * self.threads
         rows = max(1, -(-oh // target))
         while rows > 1 and -(-oh // rows) % self.threads:

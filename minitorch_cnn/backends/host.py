@@ -28,6 +28,7 @@ import contextlib
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 
@@ -41,6 +42,22 @@ def available_cores():
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+def core_cache_bytes(default=512 << 10, caches=Path("/sys/devices/system/cpu/cpu0/cache")):
+    """The size of the largest data cache a core has to itself (Linux sysfs, ``caches``:
+    the L2 on most CPUs), or ``default`` where the system does not say."""
+    sizes = []
+    for index in caches.glob("index*"):
+        try:
+            shared = (index / "shared_cpu_list").read_text().strip()
+            kind = (index / "type").read_text().strip()
+            size = (index / "size").read_text().strip()
+        except OSError:
+            continue
+        if kind in ("Data", "Unified") and shared == "0" and size.endswith("K") and size[:-1].isdigit():
+            sizes.append(int(size[:-1]) << 10)
+    return max(sizes, default=default)
 
 
 class HostBackend(Backend):
@@ -85,8 +102,8 @@ class HostBackend(Backend):
     NARROW_DEPTH = 32
     NARROW_BLOCK = 4096
 
-    def __init__(self, name, xp, cache_block_bytes=None):
-        super().__init__(name, xp, cache_block_bytes)
+    def __init__(self, name, xp, cache_block_bytes=None, buffer_block_bytes=None):
+        super().__init__(name, xp, cache_block_bytes, buffer_block_bytes)
         self._pool = None
         self._blas = None
         self._ours_left = 0
