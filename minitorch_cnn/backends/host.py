@@ -19,10 +19,11 @@ backend is as with one thread: BLAS runs each product on its own threads. The
 caller's BLAS setting is restored after every call, so NumPy outside the engine is
 unaffected.
 
-Max pooling, col2im, ReLU's backward and batch normalisation run C kernels
-(``kernels/host.c``, see ``host_kernels.py``) on float32 arrays where they can be
-built, on the same blocks of channels; elsewhere the generic NumPy bodies, which give
-the same numbers (batch normalisation's to rounding).
+Max pooling, col2im, ReLU and its backward, and batch normalisation (alone, or fused
+with the ReLU and max pool after it) run C kernels (``kernels/host.c``, see
+``host_kernels.py``) on float32 arrays where they can be built, on the same blocks of
+channels; elsewhere the generic NumPy bodies, which give the same numbers (batch
+normalisation's to rounding).
 """
 import contextlib
 import os
@@ -383,7 +384,6 @@ class HostBackend(Backend):
             channels, g.nbytes)
         return gx, g_xhat, g_sum
 
-
     def batch_norm_pool(self, rows, shape, weight, shift, eps, window):
         """One kernel for the three ops, a block of channels at a time: each value is
         normalised and ReLU'd as the pool reads it, and only the pooled output is stored."""
@@ -441,6 +441,7 @@ class HostBackend(Backend):
             None if weight is None else _at(weight, a), _at(gx, a), _at(g_xhat, a), _at(g_sum, a),
             b - a, *geometry), c, gx.nbytes)
         return gx, g_xhat, g_sum
+
 
 def _at(array, index):
     """The address of ``array[index]`` (an index along the first axis)."""

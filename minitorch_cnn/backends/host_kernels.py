@@ -2,10 +2,11 @@
 system's C compiler, cached, and loaded with ctypes.
 
 They replace the generic NumPy bodies of max pooling and batch normalisation (forward
-and backward, alone or fused with the ReLU and max pool after it) and of ReLU's backward
-for float32 arrays, as the CUDA kernels do on the GPU; see the source for why these. Where they cannot be built (no compiler, a read-only cache, a failed
-build) or are switched off (``MINITORCH_CNN_HOST_KERNELS=0``), :func:`load` says why and
-the backend runs the generic bodies, which give the same numbers.
+and backward, alone or fused with the ReLU and max pool after it) and of ReLU (forward
+and backward) for float32 arrays, as the CUDA kernels do on the GPU; see the source for
+why these. Where they cannot be built (no compiler, a read-only cache, a failed build)
+or are switched off (``MINITORCH_CNN_HOST_KERNELS=0``), :func:`load` says why and the
+backend runs the generic bodies, which give the same numbers.
 
 The library is built into ``$MINITORCH_CNN_CACHE`` (default ``~/.cache/minitorch_cnn``)
 under a name hashed from the source, the compiler's command and version, and the CPU,
