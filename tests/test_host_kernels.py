@@ -166,10 +166,13 @@ def test_relu_matches_the_generic_path(host, layout, monkeypatch):
 
 
 def test_relu_backward_stops_inf_and_nan_where_relu_was_off(host):
-    """As PyTorch's threshold_backward: no gradient at all where y <= 0, not g * 0."""
-    g = np.array([np.inf, np.nan, 2.0, -np.inf], dtype=np.float32)
-    y = np.array([0.0, -1.0, 3.0, 1.0], dtype=np.float32)
-    np.testing.assert_array_equal(host.relu_backward(g, y), [0.0, 0.0, 2.0, -np.inf])
+    """As PyTorch's threshold_backward: no gradient at all where y <= 0, not g * 0; the
+    generic body too."""
+    g = np.array([np.inf, np.nan, 2.0, -np.inf, np.nan], dtype=np.float32)
+    y = np.array([0.0, -1.0, 3.0, 1.0, np.nan], dtype=np.float32)
+    want = [0.0, 0.0, 2.0, -np.inf, 0.0]
+    np.testing.assert_array_equal(host.relu_backward(g, y), want)
+    np.testing.assert_array_equal(Backend.relu_backward(host, g, y), want)
 
 
 def test_relu_and_pool_ops_through_the_kernels(host):

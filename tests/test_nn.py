@@ -503,8 +503,14 @@ def _run(net, x, fused, train):
         [np.array(b) for b in net.state_dict().values()]
 
 
+@pytest.mark.parametrize("kernels", [True, False], ids=["kernels", "generic"])
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
-def test_sequential_fuses_batch_norm_relu_and_pool_to_the_same_numbers(train, normalise_calls):
+def test_sequential_fuses_batch_norm_relu_and_pool_to_the_same_numbers(train, kernels, normalise_calls,
+                                                                        monkeypatch):
+    """On the backend's own kernels where it has them (the NumPy backend's C kernels),
+    and on the generic bodies that every backend shares."""
+    if not kernels:
+        monkeypatch.setattr(mt.backends.get_backend(), "kernels", None, raising=False)
     x = np.random.default_rng(4).standard_normal((5, 2, 9, 9)).astype(np.float32)
     x[0, 0, 0, 0] = np.nan  # a NaN stays NaN through the fused ReLU and pool, as through F.relu
     calls = normalise_calls

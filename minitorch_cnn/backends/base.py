@@ -110,9 +110,16 @@ class Backend:
         return self.elementwise(self.xp.maximum, out, x, _zero_row(self.xp, x))
 
     def relu_backward(self, g, y):
-        """ReLU's gradient from its output ``y``: ``g`` where ``y > 0``, else 0."""
+        """ReLU's gradient from its output ``y``: ``g`` where ``y > 0``, else 0, also
+        where ``g`` is inf or NaN (PyTorch's threshold_backward and the C kernel; ``g *
+        (y > 0)`` would make those NaN)."""
         xp = self.xp
-        return self.elementwise(lambda g, y, out: xp.multiply(g, y > 0, out=out), xp.empty_like(y), g, y)
+        zero = xp.zeros((), dtype=g.dtype)
+
+        def passed(g, y, out):
+            xp.copyto(out, xp.where(y > 0, g, zero))
+
+        return self.elementwise(passed, xp.empty_like(y), g, y)
 
     # ---- batch normalisation over (C, count) rows: a channel's values in one row ----
     # The activations are large and the work per element tiny, so these bodies save
