@@ -1,6 +1,6 @@
 """Backend.conv2d's and conv2d_input_grad's cache blocking: products made one block of
-output rows at a time equal the single product (forward, with and without keeping the
-columns for backward; and the input's gradient, on one thread and split by channel)."""
+output rows at a time equal the single product (forward, with and without the weight's
+gradient to come; and the input's gradient, on one thread and split by channel)."""
 import numpy as np
 import pytest
 import torch
@@ -25,43 +25,56 @@ def host():
     be.cache_block_bytes, be.buffer_block_bytes = before
 
 
-@pytest.mark.parametrize("keep_cols", [True, False])
+@pytest.mark.parametrize("weight_grad", [True, False])
 @pytest.mark.parametrize("shape,cout,kernel,stride,padding", CASES)
-def test_row_blocks_equal_one_product(host, shape, cout, kernel, stride, padding, keep_cols):
+def test_row_blocks_equal_one_product(host, shape, cout, kernel, stride, padding, weight_grad):
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape).astype(np.float32)
     w2 = rng.standard_normal((cout, shape[0] * kernel[0] * kernel[1])).astype(np.float32)
     bias = rng.standard_normal(cout).astype(np.float32)
     args = (x, w2, bias, *kernel, *stride, *padding)
     host.cache_block_bytes = None
-    whole, whole_cols = host.conv2d(*args, keep_cols=keep_cols)
+    whole, whole_backward = host.conv2d(*args, weight_grad=weight_grad)
     host.cache_block_bytes = 1  # one output row per block
-    blocked, blocked_cols = host.conv2d(*args, keep_cols=keep_cols)
+    blocked, blocked_backward = host.conv2d(*args, weight_grad=weight_grad)
     np.testing.assert_allclose(blocked, whole, rtol=1e-5, atol=1e-5)
-    if keep_cols:
-        np.testing.assert_array_equal(blocked_cols, whole_cols)
+    if weight_grad:
+        gc = rng.standard_normal((cout, whole[0].size)).astype(np.float32)
+        np.testing.assert_array_equal(blocked_backward(gc)[0], whole_backward(gc)[0])
     else:
-        assert blocked_cols is None and whole_cols is None
+        assert blocked_backward is None and whole_backward is None
+
+
+def _weight_grad_reference(x, gc, kernel, stride, padding):
+    """``gc @ cols.T`` in float64, with cols im2col's columns of the CHWN array ``x``."""
+    c, h, w, n = x.shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    xpad = np.pad(x.astype(np.float64), ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    cols = np.stack([xpad[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
+                     for i in range(kh) for j in range(kw)], axis=1)  # (C, kh*kw, OH, OW, N)
+    return gc.astype(np.float64) @ cols.reshape(c * kh * kw, -1).T
 
 
 @pytest.mark.parametrize("blocks", [None, 1])
 @pytest.mark.parametrize("shape,cout,kernel,stride,padding", CASES)
-def test_ones_row_follows_the_columns(host, shape, cout, kernel, stride, padding, blocks):
-    """The columns kept with a row of ones are the plain columns plus that row, the
-    output is unchanged, and their product with a gradient ends in its row sums."""
+def test_weight_backward_gives_the_bias_gradient_with_it(host, shape, cout, kernel, stride, padding, blocks):
+    """With ``bias_grad`` the function for the weight's gradient also gives the bias's,
+    the output's gradient's row sums; the output and the weight's gradient are the same."""
     rng = np.random.default_rng(1)
     x = rng.standard_normal(shape).astype(np.float32)
     w2 = rng.standard_normal((cout, shape[0] * kernel[0] * kernel[1])).astype(np.float32)
     args = (x, w2, rng.standard_normal(cout).astype(np.float32), *kernel, *stride, *padding)
     host.cache_block_bytes = blocks
-    out, cols = host.conv2d(*args, keep_cols=True)
-    out_ones, cols_ones = host.conv2d(*args, keep_cols=True, ones_row=True)
-    np.testing.assert_array_equal(out_ones, out)
-    assert cols_ones.shape == (cols.shape[0] + 1, cols.shape[1]) and cols_ones.flags.c_contiguous
-    np.testing.assert_array_equal(cols_ones[:-1], cols)
-    np.testing.assert_array_equal(cols_ones[-1], 1)
-    g = rng.standard_normal((cout, cols.shape[1])).astype(np.float32)
-    np.testing.assert_allclose((cols_ones @ g.T)[-1], g.astype(np.float64).sum(axis=1), rtol=1e-5, atol=1e-4)
+    out, backward = host.conv2d(*args, weight_grad=True)
+    out_both, backward_both = host.conv2d(*args, weight_grad=True, bias_grad=True)
+    np.testing.assert_array_equal(out_both, out)
+    gc = rng.standard_normal((cout, out[0].size)).astype(np.float32)
+    (gw, no_bias), (gw_both, gb) = backward(gc), backward_both(gc)
+    assert no_bias is None and gw.shape == w2.shape
+    np.testing.assert_array_equal(gw_both, gw)
+    np.testing.assert_allclose(gw, _weight_grad_reference(x, gc, kernel, stride, padding), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(gb, gc.astype(np.float64).sum(axis=1), rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("threads", [1, 3])

@@ -273,42 +273,47 @@ class Backend:
                       win.shape[len(lead)], cols.nbytes)
         return cols
 
-    def conv2d(self, x, w2, bias, kh, kw, sh, sw, ph, pw, keep_cols, ones_row=False):
-        """``w2 @ im2col(x) + bias`` as (Cout, OH, OW, N), and the columns
-        (C*kh*kw, OH*OW*N) when ``keep_cols`` (backward needs them), else None. With
-        ``ones_row`` the kept columns have one more row, of ones: the weight gradient's
-        product ``cols @ g.T`` then also gives the bias gradient, ``g``'s row sums, as
-        its last row, from the same pass over ``g`` (a separate sum of that activation-
-        sized gradient is one more full pass over memory: 2.5 of bn-cnn's ~45 ms, measured).
+    def conv2d(self, x, w2, bias, kh, kw, sh, sw, ph, pw, weight_grad=False, bias_grad=False):
+        """``w2 @ im2col(x) + bias`` as (Cout, OH, OW, N) and, with ``weight_grad``, the
+        function that backward calls for the weight's gradient (else None):
+        ``weight_backward(gc)``, for ``gc`` the output's gradient as (Cout, OH*OW*N),
+        returns the weight's gradient ``gc @ cols.T`` as (Cout, C*kh*kw) and, with
+        ``bias_grad``, the bias's, ``gc``'s row sums (else None).
+
+        Here that function keeps the columns; with ``bias_grad`` they carry one more
+        row, of ones, so that the one product ``cols @ gc.T`` also gives the row sums,
+        from the same pass over ``gc`` (a separate sum of that activation-sized gradient
+        is one more full pass over memory: 2.5 of bn-cnn's ~45 ms, measured).
 
         Columns too large for the cache are copied and multiplied one block of output
         rows at a time, so the product reads each block while it is still in cache
         rather than from memory (measured 1.2-2x faster per layer at batch 256-1000).
         Blocks are independent, so they are also the unit of ``parallel``; without
-        ``keep_cols`` each run of blocks reuses one buffer."""
+        ``weight_grad`` each run of blocks reuses one buffer."""
         xp = self.xp
         c, h, w, n = x.shape
         oh, ow = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
         k, cout = c * kh * kw, w2.shape[0]
         total = k * oh * ow * n * x.dtype.itemsize
-        rows = self._rows_per_block(oh, total, buffered=not keep_cols)
+        rows = self._rows_per_block(oh, total, buffered=not weight_grad)
         shape = (c, kh, kw, oh, ow, n)
-        cols, kept = self._columns(shape, x.dtype, ones_row) if keep_cols else (None, None)
+        cols, kept = self._columns(shape, x.dtype, bias_grad) if weight_grad else (None, None)
+        backward = None if kept is None else self._weight_backward(kept, k, bias_grad)
         if rows is None:
             cols = self.im2col(x, kh, kw, sh, sw, ph, pw, out=cols).reshape(k, -1)
             out = self.matmul(w2, cols)
             if bias is not None:
                 self.elementwise(xp.add, out, out, bias[:, None])
-            return out.reshape(cout, oh, ow, n), kept
+            return out.reshape(cout, oh, ow, n), backward
         starts = range(0, oh, rows)
         win = self.windows(self.pad(x, ph, pw), kh, kw, sh, sw, oh, ow)
         out = xp.empty((cout, oh, ow, n), dtype=x.dtype)
 
         def run(a, b):
-            buffer = cols if keep_cols else xp.empty(win[:, :, :, :rows].shape, dtype=x.dtype)
+            buffer = cols if weight_grad else xp.empty(win[:, :, :, :rows].shape, dtype=x.dtype)
             for r0 in starts[a:b]:
                 r1 = min(oh, r0 + rows)
-                part = buffer[:, :, :, r0:r1] if keep_cols else buffer[:, :, :, :r1 - r0]
+                part = buffer[:, :, :, r0:r1] if weight_grad else buffer[:, :, :, :r1 - r0]
                 xp.copyto(part, win[:, :, :, r0:r1])
                 product = out[:, r0:r1].reshape(cout, -1)  # a view: rows of one channel are contiguous
                 xp.matmul(w2, part.reshape(k, -1), out=product)
@@ -316,7 +321,18 @@ class Backend:
                     product += bias[:, None]
 
         self.parallel(run, len(starts), total)
-        return out, kept
+        return out, backward
+
+    def _weight_backward(self, kept, k, bias_grad):
+        """``conv2d``'s weight_backward over the kept columns (k rows, then the row of
+        ones if ``bias_grad``)."""
+        def weight_backward(gc):
+            # (cols @ gc^T)^T, not gc @ cols^T: the same product, but OpenBLAS runs this
+            # operand order 1.2-2x faster for these long-K, narrow shapes (measured).
+            grads = self.matmul(kept, gc.T)
+            return grads[:k].T, (grads[k] if bias_grad else None)
+
+        return weight_backward
 
     def _columns(self, shape, dtype, ones_row):
         """A contiguous (C, kh, kw, OH, OW, N) array for im2col to fill, and the same

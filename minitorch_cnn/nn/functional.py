@@ -61,8 +61,8 @@ def _window(x, kernel, stride, padding, op):
 # ---- convolution -------------------------------------------------------------------
 class Conv2d(Function):
     """im2col + a matrix product (``Backend.conv2d``); backward is the transposed
-    products + col2im. When the weight and the bias both need gradients, the kept
-    columns carry a row of ones, so one product gives both (see ``Backend.conv2d``)."""
+    products + col2im (``Backend.conv2d_input_grad``, and the function ``conv2d``
+    returns for the weight's gradient, which gives the bias's too when both need one)."""
 
     def forward(self, x, w, *bias, stride, padding):
         cout, cin, kh, kw = w.shape
@@ -73,9 +73,9 @@ class Conv2d(Function):
         xc = _chwn(x)
         w2 = w.reshape(cout, -1)
         self.has_bias = bool(bias)
-        self.ones_row = self.has_bias and self.needs_grad[1] and self.needs_grad[2]
-        out, self.cols = be.conv2d(xc, w2, bias[0] if bias else None, kh, kw, sh, sw, ph, pw,
-                                   keep_cols=self.needs_grad[1], ones_row=self.ones_row)
+        out, self.weight_backward = be.conv2d(
+            xc, w2, bias[0] if bias else None, kh, kw, sh, sw, ph, pw, weight_grad=self.needs_grad[1],
+            bias_grad=self.has_bias and self.needs_grad[1] and self.needs_grad[2])
         self.geometry = xc.shape, (kh, kw, sh, sw, ph, pw)
         self.w2 = w2 if self.needs_grad[0] else None
         return _nchw(out)
@@ -88,13 +88,8 @@ class Conv2d(Function):
         if self.needs_grad[0]:
             gx = _nchw(be.conv2d_input_grad(self.w2, gc, x_shape, kh, kw, sh, sw, ph, pw))
         if self.needs_grad[1]:
-            # (cols @ gc^T)^T, not gc @ cols^T: the same product, but OpenBLAS runs this
-            # operand order 1.2-2x faster for these long-K, narrow shapes (measured).
-            grads = be.matmul(self.cols, gc.T)
-            k = x_shape[0] * kh * kw
-            gw = grads[:k].T.reshape(g.shape[1], x_shape[0], kh, kw)
-            if self.ones_row:
-                gb = grads[k]
+            gw2, gb = self.weight_backward(gc)
+            gw = gw2.reshape(g.shape[1], x_shape[0], kh, kw)
         if self.has_bias and self.needs_grad[2] and gb is None:
             gb = _row_sum(gc)
         return (gx, gw, gb) if self.has_bias else (gx, gw)
