@@ -356,3 +356,203 @@ void batch_norm_relu_pool_backward(const float *dout, const uint8_t *arg, const 
                                weight ? weight + c : NULL, g_xhat + c, g_sum + c);
     }
 }
+
+// ---- a stride-1 convolution as a product whose columns are never written ----
+// im2col's column matrix has a row per (ci, i, j), c = (ci*kh + i)*kw + j, and in output
+// row oh that row's OW*N values are the padded input's row oh + i of channel ci from
+// column j on: in the CHWN layout, OW*N contiguous floats. These kernels read the
+// columns there, in place, so they never go to memory and back: on the zoo's small
+// layers that copy cost more than the product itself (measured: see host.py).
+//   xp        : the padded input (C, Hp, Wp, N), contiguous
+//   w         : (Cout, K) with K = C*kh*kw, contiguous
+//   out, g    : (Cout, OH, OW*N): the output, the output's gradient
+// They multiply and add in 8-float vectors (GCC/Clang vector extensions, one AVX
+// register; SSE pairs or scalars elsewhere), with a tile of accumulators kept in
+// registers; these loops want fused multiply-adds, the only kernels here that may
+// round so (the others match NumPy's arithmetic exactly).
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=fast")
+
+typedef float vec8 __attribute__((vector_size(32)));
+#define VEC 8
+#define TILE_ROWS 6  // output channels per tile: 6 x 2 accumulators, 2 loads, 1 broadcast: 15 of 16 AVX registers
+
+static inline vec8 load8(const float *p)
+{
+    vec8 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline void store8(float *p, vec8 v) { memcpy(p, &v, sizeof v); }
+
+static inline vec8 splat8(float x) { return (vec8){x, x, x, x, x, x, x, x}; }
+
+static inline float sum8(vec8 v) { return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7])); }
+
+// The column rows' addresses in output row 0: column row c of output row oh is at
+// rows[c] + oh*Wp*N.
+static void column_rows(const float *xp, const float **rows, int64_t C, int64_t Hp, int64_t Wp, int64_t N,
+                        int64_t kh, int64_t kw)
+{
+    for (int64_t ci = 0; ci < C; ++ci)
+        for (int64_t i = 0; i < kh; ++i)
+            for (int64_t j = 0; j < kw; ++j)
+                rows[(ci * kh + i) * kw + j] = xp + ((ci * Hp + i) * Wp + j) * N;
+}
+
+// RT output channels (w's rows, out's rows out_c apart) times VN vectors at offset `at`
+// of every column row: bias + sum over c of w[t][c] * column c.
+static inline __attribute__((always_inline)) void forward_tile(
+    const float *const *rows, int64_t at, const float *w, int64_t K, const float *bias, float *out,
+    int64_t out_c, int RT, int VN)
+{
+    vec8 acc[TILE_ROWS][2];
+    for (int t = 0; t < RT; ++t)
+        for (int v = 0; v < VN; ++v)
+            acc[t][v] = splat8(bias ? bias[t] : 0.0f);
+    for (int64_t c = 0; c < K; ++c) {
+        vec8 x[2];
+        for (int v = 0; v < VN; ++v)
+            x[v] = load8(rows[c] + at + v * VEC);
+        for (int t = 0; t < RT; ++t) {
+            const vec8 weight = splat8(w[t * K + c]);
+            for (int v = 0; v < VN; ++v)
+                acc[t][v] += weight * x[v];
+        }
+    }
+    for (int t = 0; t < RT; ++t)
+        for (int v = 0; v < VN; ++v)
+            store8(out + t * out_c + v * VEC, acc[t][v]);
+}
+
+// Every case a tile's loops must be unrolled for (RT channels left, VN vectors).
+#define FORWARD_TILE(VN) switch (rt) { \
+    case 6: forward_tile(rows, at, wt, K, bt, o, out_c, 6, VN); break; \
+    case 5: forward_tile(rows, at, wt, K, bt, o, out_c, 5, VN); break; \
+    case 4: forward_tile(rows, at, wt, K, bt, o, out_c, 4, VN); break; \
+    case 3: forward_tile(rows, at, wt, K, bt, o, out_c, 3, VN); break; \
+    case 2: forward_tile(rows, at, wt, K, bt, o, out_c, 2, VN); break; \
+    default: forward_tile(rows, at, wt, K, bt, o, out_c, 1, VN); break; }
+
+// out[co][oh][q] = bias[co] + sum_c w[co][c] * column c at (oh, q), for the output rows
+// oh in [oh0, oh1) (bias may be NULL). Each output is summed over c in order.
+void conv_forward(const float *xp, const float *w, const float *bias, float *out,
+                  int64_t C, int64_t Hp, int64_t Wp, int64_t N, int64_t Cout, int64_t kh, int64_t kw,
+                  int64_t OH, int64_t OW, int64_t oh0, int64_t oh1)
+{
+    const int64_t K = C * kh * kw, row = OW * N, out_c = OH * row;
+    const int64_t pairs = row - row % (2 * VEC), vectors = row - row % VEC;
+    const float *rows[K];
+    column_rows(xp, rows, C, Hp, Wp, N, kh, kw);
+    for (int64_t oh = oh0; oh < oh1; ++oh) {
+        for (int64_t q = 0; q < vectors; q += q < pairs ? 2 * VEC : VEC) {
+            const int64_t at = oh * Wp * N + q;
+            for (int64_t co = 0; co < Cout; co += TILE_ROWS) {
+                const int rt = Cout - co < TILE_ROWS ? (int)(Cout - co) : TILE_ROWS;
+                const float *wt = w + co * K, *bt = bias ? bias + co : NULL;
+                float *o = out + co * out_c + oh * row + q;
+                if (q < pairs)
+                    FORWARD_TILE(2)
+                else
+                    FORWARD_TILE(1)
+            }
+        }
+        for (int64_t q = vectors; q < row; ++q)
+            for (int64_t co = 0; co < Cout; ++co) {
+                float s = bias ? bias[co] : 0.0f;
+                for (int64_t c = 0; c < K; ++c)
+                    s += w[co * K + c] * rows[c][oh * Wp * N + q];
+                out[co * out_c + oh * row + q] = s;
+            }
+    }
+}
+
+// RT output channels (g's rows, g_c apart) times RC column rows, over q in [q0, q1) at
+// offset `at` of the column rows: dw[t][u] += sum_q g[t][q] * column u at q.
+static inline __attribute__((always_inline)) void weight_tile(
+    const float *g, int64_t g_c, const float *const *rows, int64_t at, int64_t q0, int64_t q1,
+    float *dw, int64_t K, int RT, int RC)
+{
+    vec8 acc[TILE_ROWS][2];
+    for (int t = 0; t < RT; ++t)
+        for (int u = 0; u < RC; ++u)
+            acc[t][u] = splat8(0.0f);
+    const int64_t vectors = q1 - (q1 - q0) % VEC;
+    for (int64_t q = q0; q < vectors; q += VEC) {
+        vec8 x[2];
+        for (int u = 0; u < RC; ++u)
+            x[u] = load8(rows[u] + at + q);
+        for (int t = 0; t < RT; ++t) {
+            const vec8 grad = load8(g + t * g_c + q);
+            for (int u = 0; u < RC; ++u)
+                acc[t][u] += grad * x[u];
+        }
+    }
+    for (int t = 0; t < RT; ++t)
+        for (int u = 0; u < RC; ++u) {
+            float s = sum8(acc[t][u]);
+            for (int64_t q = vectors; q < q1; ++q)
+                s += g[t * g_c + q] * rows[u][at + q];
+            dw[t * K + u] += s;
+        }
+}
+
+#define WEIGHT_TILE(RC) switch (rt) { \
+    case 6: weight_tile(gt, g_c, rows + c, at, q0, q1, dwt, K, 6, RC); break; \
+    case 5: weight_tile(gt, g_c, rows + c, at, q0, q1, dwt, K, 5, RC); break; \
+    case 4: weight_tile(gt, g_c, rows + c, at, q0, q1, dwt, K, 4, RC); break; \
+    case 3: weight_tile(gt, g_c, rows + c, at, q0, q1, dwt, K, 3, RC); break; \
+    case 2: weight_tile(gt, g_c, rows + c, at, q0, q1, dwt, K, 2, RC); break; \
+    default: weight_tile(gt, g_c, rows + c, at, q0, q1, dwt, K, 1, RC); break; }
+
+// Pieces of an output row that every tile takes in turn: 6 channels' share of g (12 KB)
+// and the column rows' stay in a core's L1 cache.
+#define ROW_PIECE 512
+
+// dw[co][c] = sum over (oh, q) of g[co][oh][q] * column c at (oh, q), for the columns c
+// in [c0, c1), every co; with db (not NULL), db[co] = the sum of g[co]. Each dw is summed
+// over pieces of ROW_PIECE floats of each output row in order, and within a piece in 8
+// lanes; tiles of two columns start at c0, so an even c0 always gives a column the same
+// tile, the same instructions (a one-column tile may round differently).
+void conv_weight_grad(const float *xp, const float *g, float *dw, float *db,
+                      int64_t C, int64_t Hp, int64_t Wp, int64_t N, int64_t Cout, int64_t kh, int64_t kw,
+                      int64_t OH, int64_t OW, int64_t c0, int64_t c1)
+{
+    const int64_t K = C * kh * kw, row = OW * N, g_c = OH * row;
+    const float *rows[K];
+    column_rows(xp, rows, C, Hp, Wp, N, kh, kw);
+    for (int64_t co = 0; co < Cout; ++co)
+        for (int64_t c = c0; c < c1; ++c)
+            dw[co * K + c] = 0.0f;
+    for (int64_t oh = 0; oh < OH; ++oh) {
+        const int64_t at = oh * Wp * N;
+        for (int64_t q0 = 0; q0 < row; q0 += ROW_PIECE) {
+            const int64_t q1 = q0 + ROW_PIECE < row ? q0 + ROW_PIECE : row;
+            for (int64_t co = 0; co < Cout; co += TILE_ROWS) {
+                const int rt = Cout - co < TILE_ROWS ? (int)(Cout - co) : TILE_ROWS;
+                const float *gt = g + co * g_c + oh * row;
+                for (int64_t c = c0; c < c1; c += 2) {
+                    float *dwt = dw + co * K + c;
+                    if (c1 - c >= 2)
+                        WEIGHT_TILE(2)
+                    else
+                        WEIGHT_TILE(1)
+                }
+            }
+        }
+    }
+    for (int64_t co = 0; db && co < Cout; ++co) {
+        const float *gr = g + co * g_c;
+        const int64_t vectors = g_c - g_c % VEC;
+        vec8 acc = splat8(0.0f);
+        for (int64_t q = 0; q < vectors; q += VEC)
+            acc += load8(gr + q);
+        float s = sum8(acc);
+        for (int64_t q = vectors; q < g_c; ++q)
+            s += gr[q];
+        db[co] = s;
+    }
+}
+
+#pragma GCC pop_options

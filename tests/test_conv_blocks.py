@@ -18,11 +18,14 @@ CASES = [  # (C, H, W, N), Cout, kernel, stride, padding
 
 
 @pytest.fixture
-def host():
+def host(monkeypatch):
+    """The NumPy backend on the column path for every convolution (the small ones read
+    their columns in place instead: test_host_kernels.py)."""
     be = backends.get_backend_by_name("numpy")
-    before = be.cache_block_bytes, be.buffer_block_bytes
-    yield be
-    be.cache_block_bytes, be.buffer_block_bytes = before
+    monkeypatch.setattr(be, "SMALL_CONV_CHANNELS", 0)
+    monkeypatch.setattr(be, "cache_block_bytes", be.cache_block_bytes)
+    monkeypatch.setattr(be, "buffer_block_bytes", be.buffer_block_bytes)
+    return be
 
 
 @pytest.mark.parametrize("weight_grad", [True, False])

@@ -77,6 +77,7 @@ def test_col2im_and_the_blocked_input_gradient_match_the_generic_path(host, case
     real = host.kernels.col2im_add
     monkeypatch.setattr(host.kernels, "col2im_add", lambda *a: calls.append(a) or real(*a))
     monkeypatch.setattr(host, "cache_block_bytes", 1)  # one output row per block
+    monkeypatch.setattr(host, "SMALL_CONV_CHANNELS", 0)  # the input gradient by col2im, for every case
     got = host.col2im(cols, (c, h, w, n), sh, sw, ph, pw), host.conv2d_input_grad(w2, gc, (c, h, w, n), kh, kw, sh, sw, ph, pw)
     with generic(host):
         want = host.col2im(cols, (c, h, w, n), sh, sw, ph, pw), host.conv2d_input_grad(w2, gc, (c, h, w, n), kh, kw, sh, sw, ph, pw)
@@ -190,6 +191,96 @@ def test_relu_and_pool_ops_through_the_kernels(host):
         without = run()
     for got, want in zip(with_kernels, without):
         np.testing.assert_array_equal(got, want)
+
+
+# Small convolutions, columns read in place: (C, H, W, N), Cout, (kh, kw), (ph, pw). Row
+# lengths OW*N with and without pairs of vectors, single vectors and scalars left; 1-13
+# output channels (every tile height); rows longer than the weight gradient's pieces;
+# "same" padding or more (the input's gradient in place too) and less (by col2im).
+SMALL_CONVS = [
+    ((1, 9, 7, 3), 4, (3, 2), (1, 0)),
+    ((1, 9, 9, 3), 5, (3, 3), (1, 1)),
+    ((1, 12, 12, 16), 6, (5, 5), (2, 2)),
+    ((3, 8, 10, 5), 13, (3, 3), (1, 1)),
+    ((2, 6, 5, 9), 7, (1, 1), (0, 0)),
+    ((5, 7, 6, 2), 11, (2, 3), (1, 1)),
+    ((4, 10, 10, 8), 3, (5, 5), (0, 0)),
+    ((2, 12, 12, 64), 8, (3, 3), (1, 1)),
+    ((24, 4, 4, 3), 24, (3, 3), (1, 1)),
+]
+
+
+def _small_conv_ids(case):
+    (c, h, w, n), cout, (kh, kw), (ph, pw) = case
+    return f"x{c}x{h}x{w}x{n}-c{cout}-k{kh}x{kw}-p{ph}x{pw}"
+
+
+def _small_conv_case(case):
+    (c, h, w, n), cout, kernel, padding = case
+    rng = np.random.default_rng(sum(case[0]) + cout)
+    x = rng.standard_normal((c, h, w, n)).astype(np.float32)
+    w2 = rng.standard_normal((cout, c * kernel[0] * kernel[1])).astype(np.float32)
+    bias = rng.standard_normal(cout).astype(np.float32)
+    return rng, x, w2, bias, (*kernel, 1, 1, *padding)
+
+
+def _small_conv_all(be, x, w2, bias, window, gc=None):
+    """Output, weight and bias gradients and input gradient of one convolution on ``be``."""
+    out, backward = be.conv2d(x, w2, bias, *window, weight_grad=True, bias_grad=True)
+    gc = np.random.default_rng(5).standard_normal((w2.shape[0], out[0].size)).astype(x.dtype) if gc is None else gc
+    return (out, *backward(gc), be.conv2d_input_grad(w2, gc, x.shape, *window)), gc
+
+
+@pytest.mark.parametrize("case", SMALL_CONVS, ids=_small_conv_ids)
+def test_small_convolutions_read_their_columns_in_place(host, case, monkeypatch):
+    """Forward, weight, bias and input gradients on the kernels, against the column path
+    in float64; the input's gradient in place exactly where the output is no smaller."""
+    _, x, w2, bias, window = _small_conv_case(case)
+    calls = []
+    for name in ("conv_forward", "conv_weight_grad"):
+        real = getattr(host.kernels, name)
+        monkeypatch.setattr(host.kernels, name, lambda *a, real=real, name=name: calls.append(name) or real(*a))
+    got, gc = _small_conv_all(host, x, w2, bias, window)
+    with monkeypatch.context() as columns:
+        columns.setattr(host, "SMALL_CONV_CHANNELS", 0)
+        want, _ = _small_conv_all(host, *(a.astype(np.float64) for a in (x, w2, bias, gc)[:3]), window,
+                                  gc.astype(np.float64))
+    for name, a, b in zip(("output", "weight gradient", "bias gradient", "input gradient"), got, want):
+        assert a.dtype == np.float32 and a.shape == b.shape, name
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4 * np.abs(b).max(), err_msg=name)
+    assert {"conv_forward", "conv_weight_grad"} <= set(calls)
+    (_, h, w, _), (kh, kw, _, _, ph, pw) = x.shape, window
+    calls.clear()
+    host.conv2d_input_grad(w2, gc, x.shape, *window)
+    assert bool(calls) == (h + 2 * ph - kh + 1 >= h and w + 2 * pw - kw + 1 >= w)  # in place where no smaller
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("case", SMALL_CONVS, ids=_small_conv_ids)
+def test_small_convolutions_split_never_change_a_number(case, threads):
+    be = mt.backends.get_backend_by_name("numpy")
+    if be._kernels_for() is None:
+        pytest.skip(f"the C kernels are unavailable here: {be.kernels_unavailable}")
+    _, x, w2, bias, window = _small_conv_case(case)
+    whole, gc = _small_conv_all(be, x, w2, bias, window)
+    with split_everything(threads):
+        split, _ = _small_conv_all(be, x, w2, bias, window, gc)
+    for a, b in zip(split, whole):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("change", ["stride 2", "25 input channels", "25 output channels", "float64"])
+def test_other_convolutions_take_the_column_path(host, change, monkeypatch):
+    rng = np.random.default_rng(3)
+    c, cout, stride, dtype = {"stride 2": (2, 3, 2, np.float32), "25 input channels": (25, 3, 1, np.float32),
+                              "25 output channels": (2, 25, 1, np.float32), "float64": (2, 3, 1, np.float64)}[change]
+    x = rng.standard_normal((c, 6, 6, 4)).astype(dtype)
+    w2 = rng.standard_normal((cout, c * 9)).astype(dtype)
+    window = (3, 3, stride, stride, 1, 1)
+    for name in ("conv_forward", "conv_weight_grad"):
+        monkeypatch.setattr(host.kernels, name, lambda *a: pytest.fail("a kernel ran"))
+    out, gc = _small_conv_all(host, x, w2, None, window)
+    assert out[0].shape == (cout, 6 // stride, 6 // stride, 4)
 
 
 @pytest.mark.parametrize("relu", [False, True], ids=["", "relu"])

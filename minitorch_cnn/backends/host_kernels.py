@@ -3,10 +3,12 @@ system's C compiler, cached, and loaded with ctypes.
 
 They replace the generic NumPy bodies of max pooling and batch normalisation (forward
 and backward, alone or fused with the ReLU and max pool after it) and of ReLU (forward
-and backward) for float32 arrays, as the CUDA kernels do on the GPU; see the source for
-why these. Where they cannot be built (no compiler, a read-only cache, a failed build)
-or are switched off (``MINITORCH_CNN_HOST_KERNELS=0``), :func:`load` says why and the
-backend runs the generic bodies, which give the same numbers.
+and backward) for float32 arrays, as the CUDA kernels do on the GPU, and make small
+convolutions without writing their columns; see the source for why these. Where they
+cannot be built (no compiler, a read-only cache, a failed build) or are switched off
+(``MINITORCH_CNN_HOST_KERNELS=0``), :func:`load` says why and the backend runs the
+generic bodies, which give the same numbers (to rounding, for convolutions and batch
+normalisation).
 
 The library is built into ``$MINITORCH_CNN_CACHE`` (default ``~/.cache/minitorch_cnn``)
 under a name hashed from the source, the compiler's command and version, and the CPU,
@@ -47,6 +49,9 @@ SIGNATURES = {
     "batch_norm_relu_pool": [_PTR] * 8 + _GEOMETRY + [ctypes.c_double],
     "batch_norm_relu_pool_backward": [_PTR] * 10 + _GEOMETRY,
     "scale_shift_relu_pool": [_PTR] * 5 + _GEOMETRY,
+    # C, Hp, Wp, N, Cout, kh, kw, OH, OW, then the rows (columns) to compute
+    "conv_forward": [_PTR] * 4 + [_I64] * 11,
+    "conv_weight_grad": [_PTR] * 4 + [_I64] * 11,
 }
 
 
