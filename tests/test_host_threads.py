@@ -191,6 +191,18 @@ def test_large_work_splits_and_restores_blas(host, split_calls, monkeypatch):
     assert seen == [(0, 8, before)]
 
 
+def test_seeding_ends_our_mode(host, monkeypatch):
+    """A seeded run starts in the plain mode, whatever ran before the seed."""
+    host.set_num_threads(2)
+    before = blas_threads()
+    monkeypatch.setattr(host, "WAKE_BYTES", 100)
+    host.parallel(lambda a, b: None, 8, 1000)  # large: our mode
+    mt.manual_seed(0)
+    seen = []
+    host.parallel(lambda a, b: seen.append((a, b, blas_threads())), 8, 10)
+    assert seen == [(0, 8, before)]
+
+
 def test_an_error_in_a_block_reaches_the_caller(host):
     def body(a, b):
         if a > 0:

@@ -123,6 +123,14 @@ class HostBackend(Backend):
         self._kernels_tried = False
         self.set_num_threads(available_cores())
 
+    def seed(self, seed):
+        """Reseed, and start again in the plain mode: whether a product runs in our mode
+        can change its rounding, so a seeded run's numbers must not depend on what ran
+        before the seed (the training loop reseeds before every step, so a resumed run
+        repeats an uninterrupted one exactly)."""
+        super().seed(seed)
+        self._ours_left = 0
+
     def set_num_threads(self, threads):
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ValueError(f"the number of threads must be a positive int, got {threads!r}")
