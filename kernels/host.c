@@ -358,12 +358,13 @@ void batch_norm_relu_pool_backward(const float *dout, const uint8_t *arg, const 
 }
 
 // ---- a stride-1 convolution as a product whose columns are never written ----
-// im2col's column matrix has a row per (ci, i, j), c = (ci*kh + i)*kw + j, and in output
-// row oh that row's OW*N values are the padded input's row oh + i of channel ci from
-// column j on: in the CHWN layout, OW*N contiguous floats. These kernels read the
+// im2col's column matrix has a row per tap (ci, i, j), c = (ci*kh + i)*kw + j, and in
+// output row oh that row's OW*N values are the padded input's row oh + i of channel ci
+// from column j on: in the CHWN layout, OW*N contiguous floats. These kernels read the
 // columns there, in place, so they never go to memory and back: on the zoo's small
-// layers that copy cost more than the product itself (measured: see host.py).
-//   xp        : the padded input (C, Hp, Wp, N), contiguous
+// layers that copy cost more than the product itself (measured: see host.py). The
+// forward kernel reads the unpadded input and skips the taps that would read padding;
+// the weight gradient's reads the padded input, xp (C, Hp, Wp, N).
 //   w         : (Cout, K) with K = C*kh*kw, contiguous
 //   out, g    : (Cout, OH, OW*N): the output, the output's gradient
 // They multiply and add in 8-float vectors (GCC/Clang vector extensions, one AVX
@@ -388,6 +389,21 @@ static inline void store8(float *p, vec8 v) { memcpy(p, &v, sizeof v); }
 
 static inline vec8 splat8(float x) { return (vec8){x, x, x, x, x, x, x, x}; }
 
+// The first `width` (< 8) floats at p, the rest zeros; and their store.
+static inline vec8 load_part(const float *p, int width)
+{
+    vec8 v = splat8(0.0f);
+    for (int l = 0; l < width; ++l)
+        v[l] = p[l];
+    return v;
+}
+
+static inline void store_part(float *p, vec8 v, int width)
+{
+    for (int l = 0; l < width; ++l)
+        p[l] = v[l];
+}
+
 static inline float sum8(vec8 v) { return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7])); }
 
 // The column rows' addresses in output row 0: column row c of output row oh is at
@@ -401,70 +417,85 @@ static void column_rows(const float *xp, const float **rows, int64_t C, int64_t 
                 rows[(ci * kh + i) * kw + j] = xp + ((ci * Hp + i) * Wp + j) * N;
 }
 
-// RT output channels (w's rows, out's rows out_c apart) times VN vectors at offset `at`
-// of every column row: bias + sum over c of w[t][c] * column c.
+// RT output channels (w's rows, K apart; out's rows, out_c apart) times VN vectors at
+// position q of a piece of an output row: bias + the sum over the piece's `count` taps u,
+// in order, of w[t][column[u]] * x[offset[u] + q]. The last vector holds `width` (1-8)
+// positions, the others all 8.
 static inline __attribute__((always_inline)) void forward_tile(
-    const float *const *rows, int64_t at, const float *w, int64_t K, const float *bias, float *out,
-    int64_t out_c, int RT, int VN)
+    const float *x, const int64_t *offset, const int64_t *column, int64_t count, int64_t q,
+    const float *w, int64_t K, const float *bias, float *out, int64_t out_c, int RT, int VN, int width)
 {
     vec8 acc[TILE_ROWS][2];
     for (int t = 0; t < RT; ++t)
         for (int v = 0; v < VN; ++v)
             acc[t][v] = splat8(bias ? bias[t] : 0.0f);
-    for (int64_t c = 0; c < K; ++c) {
-        vec8 x[2];
+    for (int64_t u = 0; u < count; ++u) {
+        const float *src = x + (offset[u] + q), *wc = w + column[u];
+        vec8 in[2];
         for (int v = 0; v < VN; ++v)
-            x[v] = load8(rows[c] + at + v * VEC);
+            in[v] = v == VN - 1 && width < VEC ? load_part(src + v * VEC, width) : load8(src + v * VEC);
         for (int t = 0; t < RT; ++t) {
-            const vec8 weight = splat8(w[t * K + c]);
+            const vec8 weight = splat8(wc[t * K]);
             for (int v = 0; v < VN; ++v)
-                acc[t][v] += weight * x[v];
+                acc[t][v] += weight * in[v];
         }
     }
     for (int t = 0; t < RT; ++t)
-        for (int v = 0; v < VN; ++v)
-            store8(out + t * out_c + v * VEC, acc[t][v]);
+        for (int v = 0; v < VN; ++v) {
+            if (v == VN - 1 && width < VEC)
+                store_part(out + t * out_c + v * VEC, acc[t][v], width);
+            else
+                store8(out + t * out_c + v * VEC, acc[t][v]);
+        }
 }
 
 // Every case a tile's loops must be unrolled for (RT channels left, VN vectors).
-#define FORWARD_TILE(VN) switch (rt) { \
-    case 6: forward_tile(rows, at, wt, K, bt, o, out_c, 6, VN); break; \
-    case 5: forward_tile(rows, at, wt, K, bt, o, out_c, 5, VN); break; \
-    case 4: forward_tile(rows, at, wt, K, bt, o, out_c, 4, VN); break; \
-    case 3: forward_tile(rows, at, wt, K, bt, o, out_c, 3, VN); break; \
-    case 2: forward_tile(rows, at, wt, K, bt, o, out_c, 2, VN); break; \
-    default: forward_tile(rows, at, wt, K, bt, o, out_c, 1, VN); break; }
+#define FORWARD_TILE(VN, WIDTH) switch (rt) { \
+    case 6: forward_tile(x, offset, column, count, q, wt, K, bt, o, out_c, 6, VN, WIDTH); break; \
+    case 5: forward_tile(x, offset, column, count, q, wt, K, bt, o, out_c, 5, VN, WIDTH); break; \
+    case 4: forward_tile(x, offset, column, count, q, wt, K, bt, o, out_c, 4, VN, WIDTH); break; \
+    case 3: forward_tile(x, offset, column, count, q, wt, K, bt, o, out_c, 3, VN, WIDTH); break; \
+    case 2: forward_tile(x, offset, column, count, q, wt, K, bt, o, out_c, 2, VN, WIDTH); break; \
+    default: forward_tile(x, offset, column, count, q, wt, K, bt, o, out_c, 1, VN, WIDTH); break; }
 
-// out[co][oh][q] = bias[co] + sum_c w[co][c] * column c at (oh, q), for the output rows
-// oh in [oh0, oh1) (bias may be NULL). Each output is summed over c in order.
-void conv_forward(const float *xp, const float *w, const float *bias, float *out,
-                  int64_t C, int64_t Hp, int64_t Wp, int64_t N, int64_t Cout, int64_t kh, int64_t kw,
-                  int64_t OH, int64_t OW, int64_t oh0, int64_t oh1)
+// out[co][oh][ow][n] = bias[co] + sum over the taps (ci, i, j) of w[co][(ci*kh + i)*kw + j] *
+// x[ci][oh + i - ph][ow + j - pw][n], in that order, the taps that fall in the padding (zeros)
+// left out, for the output rows oh in [oh0, oh1) (bias may be NULL). x: (C, H, W, N),
+// unpadded. A row is made in pieces of the same taps: each output column at the left and
+// right edges alone, the columns between (whose windows lie wholly inside) as one piece.
+void conv_forward(const float *x, const float *w, const float *bias, float *out,
+                  int64_t C, int64_t H, int64_t W, int64_t N, int64_t Cout, int64_t kh, int64_t kw,
+                  int64_t ph, int64_t pw, int64_t OH, int64_t OW, int64_t oh0, int64_t oh1)
 {
-    const int64_t K = C * kh * kw, row = OW * N, out_c = OH * row;
-    const int64_t pairs = row - row % (2 * VEC), vectors = row - row % VEC;
-    const float *rows[K];
-    column_rows(xp, rows, C, Hp, Wp, N, kh, kw);
+    const int64_t K = C * kh * kw, out_c = OH * OW * N;
+    int64_t offset[K], column[K];  // the piece's taps: where each reads x (less q), and its weight
     for (int64_t oh = oh0; oh < oh1; ++oh) {
-        for (int64_t q = 0; q < vectors; q += q < pairs ? 2 * VEC : VEC) {
-            const int64_t at = oh * Wp * N + q;
-            for (int64_t co = 0; co < Cout; co += TILE_ROWS) {
-                const int rt = Cout - co < TILE_ROWS ? (int)(Cout - co) : TILE_ROWS;
-                const float *wt = w + co * K, *bt = bias ? bias + co : NULL;
-                float *o = out + co * out_c + oh * row + q;
-                if (q < pairs)
-                    FORWARD_TILE(2)
-                else
-                    FORWARD_TILE(1)
-            }
+        const int64_t i0 = ph - oh > 0 ? ph - oh : 0, i1 = H + ph - oh < kh ? H + ph - oh : kh;
+        for (int64_t ow = 0, end; ow < OW; ow = end) {
+            const int64_t j0 = pw - ow > 0 ? pw - ow : 0, j1 = W + pw - ow < kw ? W + pw - ow : kw;
+            end = j0 == 0 && j1 == kw ? W + pw - kw + 1 : ow + 1;  // all of the middle
+            end = end < OW ? end : OW;
+            int64_t count = 0;
+            for (int64_t ci = 0; ci < C; ++ci)
+                for (int64_t i = i0; i < i1; ++i)
+                    for (int64_t j = j0; j < j1; ++j) {
+                        offset[count] = ((ci * H + oh + i - ph) * W + j - pw) * N;  // + q: >= 0
+                        column[count++] = (ci * kh + i) * kw + j;
+                    }
+            const int64_t stop = end * N, pairs = stop - (stop - ow * N) % (2 * VEC);
+            for (int64_t q = ow * N; q < stop; q += 2 * VEC)
+                for (int64_t co = 0; co < Cout; co += TILE_ROWS) {
+                    const int rt = Cout - co < TILE_ROWS ? (int)(Cout - co) : TILE_ROWS;
+                    const float *wt = w + co * K, *bt = bias ? bias + co : NULL;
+                    float *o = out + co * out_c + oh * OW * N + q;
+                    if (q < pairs)
+                        FORWARD_TILE(2, VEC)
+                    else if (stop - q > VEC)
+                        FORWARD_TILE(2, (int)(stop - q - VEC))
+                    else
+                        FORWARD_TILE(1, (int)(stop - q))
+                }
         }
-        for (int64_t q = vectors; q < row; ++q)
-            for (int64_t co = 0; co < Cout; ++co) {
-                float s = bias ? bias[co] : 0.0f;
-                for (int64_t c = 0; c < K; ++c)
-                    s += w[co * K + c] * rows[c][oh * Wp * N + q];
-                out[co * out_c + oh * row + q] = s;
-            }
     }
 }
 

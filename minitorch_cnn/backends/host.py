@@ -323,31 +323,26 @@ class HostBackend(Backend):
         return lib
 
     def conv2d(self, x, w2, bias, kh, kw, sh, sw, ph, pw, weight_grad=False, bias_grad=False):
-        """A small convolution (``_small_conv``) by ``conv_forward`` on the padded input,
-        split by output rows; its weight_backward keeps that padded input, not the
-        columns, and makes the weight's gradient (and the bias's) by ``conv_weight_grad``,
-        split by columns. Other convolutions as ``Backend.conv2d``."""
+        """A small convolution (``_small_conv``) by ``conv_forward``, split by output rows;
+        its weight_backward pads the input it keeps (not the columns) and makes the
+        weight's gradient (and the bias's) by ``conv_weight_grad``, split by columns.
+        Other convolutions as ``Backend.conv2d``."""
         lib = self._small_conv(x.shape[0], w2, sh, sw, x, *([] if bias is None else [bias]))
         if lib is None:
             return super().conv2d(x, w2, bias, kh, kw, sh, sw, ph, pw, weight_grad, bias_grad)
         c, h, w, n = x.shape
         cout, k = w2.shape
         oh, ow = out_size(h, kh, 1, ph), out_size(w, kw, 1, pw)
-        xp = np.ascontiguousarray(self.pad(x, ph, pw))
-        w2 = np.ascontiguousarray(w2)
-        bias = None if bias is None else np.ascontiguousarray(bias)
-        out = np.empty((cout, oh, ow, n), dtype=x.dtype)
-        geometry = (c, h + 2 * ph, w + 2 * pw, n, cout, kh, kw, oh, ow)
         work = k * oh * ow * n * x.itemsize  # the columns it stands for: the same split as BLAS's
-        self.parallel(lambda a, b: lib.conv_forward(xp.ctypes.data, w2.ctypes.data, _address(bias),
-                                                    out.ctypes.data, *geometry, a, b), oh, work)
+        out = self._small_conv_forward(lib, x, w2, bias, (kh, kw), (ph, pw), (oh, ow), work)
         if not weight_grad:
             return out, None
 
         def weight_backward(gc):
-            gc = np.ascontiguousarray(gc)
+            xp, gc = np.ascontiguousarray(self.pad(x, ph, pw)), np.ascontiguousarray(gc)
             gw2 = np.empty((cout, k), dtype=gc.dtype)
             gb = np.empty(cout, dtype=gc.dtype) if bias_grad else None
+            geometry = (c, h + 2 * ph, w + 2 * pw, n, cout, kh, kw, oh, ow)
             # Split by pairs of columns, the kernel's tiles, so that every column is made by
             # the same tile (the same instructions) however the work is split.
             self.parallel(lambda a, b: lib.conv_weight_grad(
@@ -358,26 +353,30 @@ class HostBackend(Backend):
         return out, weight_backward
 
     def conv2d_input_grad(self, w2, gc, x_shape, kh, kw, sh, sw, ph, pw):
-        """For a small convolution (``_small_conv``) whose output is at least its input's
-        size ("same" padding or more, up to kh-1 and kw-1): the stride-1 convolution of
-        the output's gradient, padded by kh-1-ph and kw-1-pw, with the kernel flipped and
-        its input and output channels swapped, by ``conv_forward``. With less padding that
-        product would multiply more zeros than ``col2im`` of ``w2.T @ gc`` adds
-        (2.25x the work for lenet's second layer), so those take ``Backend``'s way."""
+        """For a small convolution (``_small_conv``) with padding below its kernel: the
+        stride-1 convolution of the output's gradient, padded by kh-1-ph and kw-1-pw,
+        with the kernel flipped and its input and output channels swapped, by
+        ``conv_forward`` (which skips the padding's zeros)."""
         c, h, w, n = x_shape
         cout = w2.shape[0]
         oh, ow = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
-        qh, qw = kh - 1 - ph, kw - 1 - pw
         lib = self._small_conv(c, w2, sh, sw, gc)
-        if lib is None or oh < h or ow < w or qh < 0 or qw < 0:
+        if lib is None or ph >= kh or pw >= kw:
             return super().conv2d_input_grad(w2, gc, x_shape, kh, kw, sh, sw, ph, pw)
-        gp = np.ascontiguousarray(self.pad(gc.reshape(cout, oh, ow, n), qh, qw))
-        flipped = np.ascontiguousarray(w2.reshape(cout, c, kh, kw)[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-        dx = np.empty(x_shape, dtype=gc.dtype)
-        geometry = (cout, oh + 2 * qh, ow + 2 * qw, n, c, kh, kw, h, w)
-        self.parallel(lambda a, b: lib.conv_forward(gp.ctypes.data, flipped.ctypes.data, None, dx.ctypes.data,
-                                                    *geometry, a, b), h, c * kh * kw * gc.nbytes)
-        return dx
+        flipped = w2.reshape(cout, c, kh, kw)[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(c, -1)
+        return self._small_conv_forward(lib, gc.reshape(cout, oh, ow, n), flipped, None, (kh, kw),
+                                        (kh - 1 - ph, kw - 1 - pw), (h, w), c * kh * kw * oh * ow * n * gc.itemsize)
+
+    def _small_conv_forward(self, lib, x, w2, bias, kernel, padding, out_hw, work):
+        """``conv_forward`` of (C, H, W, N) ``x`` into a new (Cout, OH, OW, N) array,
+        split by output rows; ``work``: the size of the columns it stands for."""
+        x, w2 = np.ascontiguousarray(x), np.ascontiguousarray(w2)
+        bias = None if bias is None else np.ascontiguousarray(bias)
+        out = np.empty((w2.shape[0], *out_hw, x.shape[3]), dtype=x.dtype)
+        geometry = (*x.shape, w2.shape[0], *kernel, *padding, *out_hw)
+        self.parallel(lambda a, b: lib.conv_forward(x.ctypes.data, w2.ctypes.data, _address(bias),
+                                                    out.ctypes.data, *geometry, a, b), out_hw[0], work)
+        return out
 
     def max_pool(self, x, kh, kw, sh, sw, ph, pw):
         """Window maxima and, as the routing, the uint8 offset of each window's first

@@ -49,8 +49,9 @@ SIGNATURES = {
     "batch_norm_relu_pool": [_PTR] * 8 + _GEOMETRY + [ctypes.c_double],
     "batch_norm_relu_pool_backward": [_PTR] * 10 + _GEOMETRY,
     "scale_shift_relu_pool": [_PTR] * 5 + _GEOMETRY,
-    # C, Hp, Wp, N, Cout, kh, kw, OH, OW, then the rows (columns) to compute
-    "conv_forward": [_PTR] * 4 + [_I64] * 11,
+    # C, H, W, N, Cout, kh, kw, ph, pw, OH, OW, then the output rows to compute
+    "conv_forward": [_PTR] * 4 + [_I64] * 13,
+    # C, Hp, Wp, N (padded), Cout, kh, kw, OH, OW, then the columns to compute
     "conv_weight_grad": [_PTR] * 4 + [_I64] * 11,
 }
 
