@@ -503,7 +503,7 @@ void conv_forward(const float *x, const float *w, const float *bias, float *out,
 // offset `at` of the column rows: dw[t][u] += sum_q g[t][q] * column u at q.
 static inline __attribute__((always_inline)) void weight_tile(
     const float *g, int64_t g_c, const float *const *rows, int64_t at, int64_t q0, int64_t q1,
-    float *dw, int64_t K, int RT, int RC)
+    double *dw, int64_t K, int RT, int RC)
 {
     vec8 acc[TILE_ROWS][2];
     for (int t = 0; t < RT; ++t)
@@ -525,7 +525,7 @@ static inline __attribute__((always_inline)) void weight_tile(
             float s = sum8(acc[t][u]);
             for (int64_t q = vectors; q < q1; ++q)
                 s += g[t * g_c + q] * rows[u][at + q];
-            dw[t * K + u] += s;
+            dw[t * K + u] += (double)s;
         }
 }
 
@@ -542,11 +542,14 @@ static inline __attribute__((always_inline)) void weight_tile(
 #define ROW_PIECE 512
 
 // dw[co][c] = sum over (oh, q) of g[co][oh][q] * column c at (oh, q), for the columns c
-// in [c0, c1), every co; with db (not NULL), db[co] = the sum of g[co]. Each dw is summed
-// over pieces of ROW_PIECE floats of each output row in order, and within a piece in 8
-// lanes; tiles of two columns start at c0, so an even c0 always gives a column the same
-// tile, the same instructions (a one-column tile may round differently).
-void conv_weight_grad(const float *xp, const float *g, float *dw, float *db,
+// in [c0, c1), every co; with db (not NULL), db[co] = the sum of g[co]. Each piece of
+// ROW_PIECE floats of an output row is summed in 8 float lanes, and the pieces, in
+// order, in double: through a BatchNorm a weight gradient is a near-total cancellation
+// (see batch_norm), which a float32 sum of bn-cnn's 392 pieces per weight would leave
+// with relative errors of several 1e-6. Tiles of two columns start at c0, so an even
+// c0 always gives a column the same tile, the same instructions (a one-column tile may
+// round differently).
+void conv_weight_grad(const float *xp, const float *g, double *dw, double *db,
                       int64_t C, int64_t Hp, int64_t Wp, int64_t N, int64_t Cout, int64_t kh, int64_t kw,
                       int64_t OH, int64_t OW, int64_t c0, int64_t c1)
 {
@@ -555,7 +558,7 @@ void conv_weight_grad(const float *xp, const float *g, float *dw, float *db,
     column_rows(xp, rows, C, Hp, Wp, N, kh, kw);
     for (int64_t co = 0; co < Cout; ++co)
         for (int64_t c = c0; c < c1; ++c)
-            dw[co * K + c] = 0.0f;
+            dw[co * K + c] = 0.0;
     for (int64_t oh = 0; oh < OH; ++oh) {
         const int64_t at = oh * Wp * N;
         for (int64_t q0 = 0; q0 < row; q0 += ROW_PIECE) {
@@ -564,7 +567,7 @@ void conv_weight_grad(const float *xp, const float *g, float *dw, float *db,
                 const int rt = Cout - co < TILE_ROWS ? (int)(Cout - co) : TILE_ROWS;
                 const float *gt = g + co * g_c + oh * row;
                 for (int64_t c = c0; c < c1; c += 2) {
-                    float *dwt = dw + co * K + c;
+                    double *dwt = dw + co * K + c;
                     if (c1 - c >= 2)
                         WEIGHT_TILE(2)
                     else
@@ -573,16 +576,20 @@ void conv_weight_grad(const float *xp, const float *g, float *dw, float *db,
             }
         }
     }
-    for (int64_t co = 0; db && co < Cout; ++co) {
-        const float *gr = g + co * g_c;
-        const int64_t vectors = g_c - g_c % VEC;
-        vec8 acc = splat8(0.0f);
-        for (int64_t q = 0; q < vectors; q += VEC)
-            acc += load8(gr + q);
-        float s = sum8(acc);
-        for (int64_t q = vectors; q < g_c; ++q)
-            s += gr[q];
-        db[co] = s;
+    for (int64_t co = 0; db && co < Cout; ++co) {  // the same pieces, in lanes, then in double
+        double total = 0.0;
+        for (int64_t q0 = 0; q0 < g_c; q0 += ROW_PIECE) {
+            const float *piece = g + co * g_c + q0;
+            const int64_t length = g_c - q0 < ROW_PIECE ? g_c - q0 : ROW_PIECE, vectors = length - length % VEC;
+            vec8 acc = splat8(0.0f);
+            for (int64_t q = 0; q < vectors; q += VEC)
+                acc += load8(piece + q);
+            float s = sum8(acc);
+            for (int64_t q = vectors; q < length; ++q)
+                s += piece[q];
+            total += s;
+        }
+        db[co] = total;
     }
 }
 

@@ -340,15 +340,15 @@ class HostBackend(Backend):
 
         def weight_backward(gc):
             xp, gc = np.ascontiguousarray(self.pad(x, ph, pw)), np.ascontiguousarray(gc)
-            gw2 = np.empty((cout, k), dtype=gc.dtype)
-            gb = np.empty(cout, dtype=gc.dtype) if bias_grad else None
+            gw2 = np.empty((cout, k), dtype=np.float64)  # the kernel sums in double
+            gb = np.empty(cout, dtype=np.float64) if bias_grad else None
             geometry = (c, h + 2 * ph, w + 2 * pw, n, cout, kh, kw, oh, ow)
             # Split by pairs of columns, the kernel's tiles, so that every column is made by
             # the same tile (the same instructions) however the work is split.
             self.parallel(lambda a, b: lib.conv_weight_grad(
                 xp.ctypes.data, gc.ctypes.data, gw2.ctypes.data, _address(gb) if a == 0 else None,
                 *geometry, 2 * a, min(k, 2 * b)), (k + 1) // 2, work)
-            return gw2, gb
+            return gw2.astype(gc.dtype), None if gb is None else gb.astype(gc.dtype)
 
         return out, weight_backward
 
@@ -364,8 +364,9 @@ class HostBackend(Backend):
         if lib is None or ph >= kh or pw >= kw:
             return super().conv2d_input_grad(w2, gc, x_shape, kh, kw, sh, sw, ph, pw)
         flipped = w2.reshape(cout, c, kh, kw)[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(c, -1)
+        work = c * kh * kw * oh * ow * n * gc.itemsize  # the columns' gradient it stands for
         return self._small_conv_forward(lib, gc.reshape(cout, oh, ow, n), flipped, None, (kh, kw),
-                                        (kh - 1 - ph, kw - 1 - pw), (h, w), c * kh * kw * oh * ow * n * gc.itemsize)
+                                        (kh - 1 - ph, kw - 1 - pw), (h, w), work)
 
     def _small_conv_forward(self, lib, x, w2, bias, kernel, padding, out_hw, work):
         """``conv_forward`` of (C, H, W, N) ``x`` into a new (Cout, OH, OW, N) array,
