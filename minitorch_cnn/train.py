@@ -21,8 +21,8 @@ from .training import (NonFiniteLossError, TrainingInterrupted, evaluate,
                        interrupts_at_batch_boundaries, make_optimizer, train_epoch)
 
 # The default: bn-cnn (BatchNorm + Adam) learns fast: measured 85% test accuracy after one
-# epoch and 89.7% after its five, in 85 s on two CPU cores with NumPy. lenet is five times
-# faster per epoch but ends near 87%.
+# epoch and 88.9-90.3% after its five (seeds 0-2), in 60-85 s on two CPU cores with NumPy.
+# lenet is six times faster per epoch but ends near 87%.
 DEFAULT_MODEL = "bn-cnn"
 DATASET_SHAPES = {"mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 VALIDATION_SIZE = 5000
@@ -69,8 +69,8 @@ def build_parser():
     p.add_argument("--model", choices=list(models.MODELS), default=None,
                    help=f"zoo model (default: {DEFAULT_MODEL}: BatchNorm and Adam make it learn "
                         "fast: about 85%% test accuracy after one epoch and about 90%% after its "
-                        "5 (89.7-90.1%% on seeds 0-2), in under a minute on two CPU cores; lenet "
-                        "is 4x faster but ends near 87%%)")
+                        "5 (88.9-90.3%% on seeds 0-2), in 60-85 s on two CPU cores; lenet "
+                        "is 6x faster but ends near 87%%)")
     p.add_argument("--dataset", choices=data.DATASETS, default=None,
                    help="dataset (default: the model's, fashion-mnist or cifar10); its image shape "
                         "must be the model's input shape")
