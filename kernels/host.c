@@ -370,8 +370,9 @@ void batch_norm_relu_pool_backward(const float *dout, const uint8_t *arg, const 
 // They multiply and add in 8-float vectors (GCC/Clang vector extensions, one AVX
 // register; SSE pairs or scalars elsewhere), with a tile of accumulators kept in
 // registers. These loops want fused multiply-adds (1.6x faster, measured), so this
-// section alone is compiled to contract a * b + c into one; the kernels above keep
-// NumPy's roundings. (Clang ignores the pragma, and contracts within an expression anyway.)
+// section alone is compiled by GCC to contract a * b + c into one; the kernels above
+// keep NumPy's roundings. (Clang ignores the pragma and, by default, contracts within a
+// statement in every kernel.)
 #pragma GCC push_options
 #pragma GCC optimize("fp-contract=fast")
 
