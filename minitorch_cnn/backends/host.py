@@ -315,8 +315,8 @@ class HostBackend(Backend):
         its columns in place (kernels/host.c: ``conv_forward``, ``conv_weight_grad``),
         else None: stride 1, float32 ``w2`` and ``arrays``, and at most
         SMALL_CONV_CHANNELS input and output channels. There writing the columns and
-        reading them back costs more than the product; larger layers (each column read by
-        many output channels, from far apart) run faster through BLAS."""
+        reading them back costs more than the product; in larger layers each output's
+        taps span many channels, far apart in memory, and BLAS's packed product wins."""
         lib = self._kernels_for(w2, *arrays)
         if lib is None or (sh, sw) != (1, 1) or max(channels, w2.shape[0]) > self.SMALL_CONV_CHANNELS:
             return None
