@@ -145,7 +145,7 @@ def test_backend_basics(gpu):
     back = gpu.to_numpy(a)
     assert isinstance(back, np.ndarray) and back.tolist() == [[0, 1, 2], [3, 4, 5]]
     gpu.synchronize()
-    gpu.compile_kernels()
+    gpu.prepare()
     assert gpu.kernel("im2col", np.float32) is gpu.kernel("im2col", "float32")  # memoized
     mt.manual_seed(5)
     first = gpu.to_numpy(gpu.random((4, 3), np.float32))

@@ -66,6 +66,10 @@ class Backend:
     def synchronize(self):
         """Wait for queued device work (a no-op on the CPU)."""
 
+    def prepare(self):
+        """Build or compile this backend's kernels now, so that no build lands inside
+        the first training step (the train command calls it before training)."""
+
     # ---- splitting work ---------------------------------------------------------
     # Every image kernel below is independent per channel, and channels are the
     # outermost axis of the CHWN layout, so a range of channels is one contiguous block

@@ -103,7 +103,7 @@ class CupyBackend(Backend):
         """The compiled entry point of ``kernel`` for ``dtype`` (compiled on first use)."""
         return _kernel_function(self.xp, kernel, np.dtype(dtype).name)
 
-    def compile_kernels(self):
+    def prepare(self):
         """Compile every kernel now, e.g. so that a benchmark times no compilation."""
         for kernel in KERNEL_SOURCES:
             for dtype in KERNEL_DTYPES:

@@ -291,6 +291,9 @@ class HostBackend(Backend):
         return out
 
     # ---- the C kernels ----------------------------------------------------------------
+    def prepare(self):
+        self._kernels_for()
+
     def _kernels_for(self, *arrays):
         """The C kernel library if every array is float32 (the kernels' only dtype),
         else None. The first call loads it; where it cannot be, a warning says once
