@@ -5,9 +5,13 @@ compute on batch-innermost ``(C, H, W, N)`` arrays (see ``backends/base.py`` for
 and return NCHW-shaped *views* of that memory, so a chain of them never transposes:
 ``_chwn`` below is free whenever its input came from another image op.
 """
+import warnings
+
+import numpy as np
+
 from .. import backends
 from ..autograd import Function
-from ..tensor import Tensor
+from ..tensor import Cast, ReLU, Tensor, wrap_dim
 
 
 def _chwn(x):
@@ -176,16 +180,8 @@ def linear(input, weight, bias=None):
     return Linear.apply(*args)
 
 
-class ReLU(Function):
-    def forward(self, x):
-        self.out = backends.backend_of(x).relu(x)
-        return self.out
-
-    def backward(self, g):
-        return backends.backend_of(g).relu_backward(g, self.out)
-
-
 def relu(input):
+    """``max(input, 0)``: the ReLU op (tensor.py defines it, for ``Tensor.relu`` too)."""
     return ReLU.apply(input)
 
 
@@ -331,7 +327,7 @@ def _batch_norm(input, running_mean, running_var, weight, bias, training, moment
 class LogSoftmax(Function):
     def forward(self, x, dim):
         xp = backends.get_array_module(x)
-        shifted = x - x.max(axis=dim, keepdims=True)  # stable for huge logits
+        shifted = x - x.max(axis=dim, keepdims=True) if x.size else x  # stable for huge logits
         self.out = shifted - xp.log(xp.exp(shifted).sum(axis=dim, keepdims=True))
         self.dim = dim
         return self.out
@@ -344,7 +340,7 @@ class LogSoftmax(Function):
 class Softmax(Function):
     def forward(self, x, dim):
         xp = backends.get_array_module(x)
-        e = xp.exp(x - x.max(axis=dim, keepdims=True))
+        e = xp.exp(x - x.max(axis=dim, keepdims=True) if x.size else x)
         self.out = e / e.sum(axis=dim, keepdims=True)
         self.dim = dim
         return self.out
@@ -353,53 +349,186 @@ class Softmax(Function):
         return self.out * (g - (g * self.out).sum(axis=self.dim, keepdims=True))
 
 
-def log_softmax(input, dim):
-    return LogSoftmax.apply(input, dim=dim)
+def _softmax_apply(fn, name, input, dim, stacklevel, dtype):
+    """``fn`` (LogSoftmax or Softmax) along ``dim`` of ``input``, cast to ``dtype`` first
+    if given. ``dim=None`` picks PyTorch's legacy implicit dim, with its warning."""
+    if dim is None:
+        warnings.warn(f"Implicit dimension choice for {name} has been deprecated. "
+                      "Change the call to include dim=X as an argument.", stacklevel=stacklevel)
+        dim = 0 if input.ndim in (0, 1, 3) else 1
+    dim = wrap_dim(dim, input.ndim)
+    if dtype is not None:
+        input = Cast.apply(input, dtype=np.dtype(dtype))
+    return fn.apply(input, dim=dim if input.ndim else None)
 
 
-def softmax(input, dim):
-    return Softmax.apply(input, dim=dim)
+def log_softmax(input, dim=None, _stacklevel=3, dtype=None):
+    return _softmax_apply(LogSoftmax, "log_softmax", input, dim, _stacklevel, dtype)
+
+
+def softmax(input, dim=None, _stacklevel=3, dtype=None):
+    return _softmax_apply(Softmax, "softmax", input, dim, _stacklevel, dtype)
 
 
 _REDUCTIONS = ("mean", "sum", "none")
 
 
 class NLLLoss(Function):
-    def forward(self, logp, target, reduction):
+    """``-weight[t] * input[t]`` for each target class ``t`` (along dim 1 of an (N, C, ...)
+    input), 0 where ``t == ignore_index``; "mean" divides the sum by the summed weights
+    of the targets counted, as PyTorch. It works on (rows, C): the class dim moved last
+    and every other dim flattened, so (N, C) and spatial inputs are one case."""
+
+    def forward(self, logp, target, weight, ignore_index, reduction):
         xp = backends.get_array_module(logp)
-        n = logp.shape[0]
-        self.rows = xp.arange(n)
-        self.target, self.shape, self.dtype, self.reduction = target, logp.shape, logp.dtype, reduction
-        losses = -logp[self.rows, target]
+        self.shape, self.reduction = logp.shape, reduction
+        classes = logp.shape[1]
+        rows = logp if logp.ndim == 2 else xp.moveaxis(logp, 1, -1).reshape(-1, classes)
+        t = target.reshape(-1)
+        counted = t != ignore_index
+        self.index = xp.arange(t.shape[0]), xp.where(counted, t, 0)  # an ignored row picks class 0, weighs 0
+        w = counted.astype(logp.dtype) if weight is None else weight[self.index[1]] * counted
+        losses = xp.where(counted, -rows[self.index] * w, 0)
+        self.w = w
         if reduction == "none":
-            return losses
-        total = losses.sum()
-        return total / n if reduction == "mean" else total
+            return losses.reshape(target.shape)
+        if reduction == "sum":
+            return losses.sum()
+        self.total_weight = w.sum()
+        with np.errstate(invalid="ignore", divide="ignore"):  # nothing counted: NaN, as PyTorch
+            return losses.sum() / self.total_weight
 
     def backward(self, g):
         xp = backends.get_array_module(g)
-        grad = xp.zeros(self.shape, dtype=self.dtype)
-        scale = g / self.shape[0] if self.reduction == "mean" else g
-        grad[self.rows, self.target] = -scale
-        return grad
+        n, classes = self.shape[0], self.shape[1]
+        if self.reduction == "mean":
+            with np.errstate(invalid="ignore", divide="ignore"):
+                g = g / self.total_weight
+        grad = xp.zeros((self.index[0].shape[0], classes), dtype=self.w.dtype)
+        grad[self.index] = -self.w * g.reshape(-1)
+        if len(self.shape) == 2:
+            return grad
+        return xp.moveaxis(grad.reshape((n,) + self.shape[2:] + (classes,)), -1, 1)
 
 
-def nll_loss(input, target, reduction="mean"):
-    """Negative log-likelihood of integer class ``target`` under log-probabilities ``input``."""
+def _check_reduction(reduction):
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-    if input.ndim != 2:
-        raise ValueError(f"nll_loss expects (N, C) log-probabilities, got shape {input.shape}")
-    t = target.data if isinstance(target, Tensor) else backends.get_array_module(input.data).asarray(target)
-    if t.shape != (input.shape[0],) or t.dtype.kind not in "iu":
-        raise ValueError(f"nll_loss expects {input.shape[0]} integer class indices as target, "
-                         f"got shape {tuple(t.shape)} of {t.dtype}")
-    if input.backend.name == "numpy" and t.size and (t.min() < 0 or t.max() >= input.shape[1]):
-        bad = t[(t < 0) | (t >= input.shape[1])][0]
-        raise IndexError(f"target {bad} is out of bounds for {input.shape[1]} classes")
-    return NLLLoss.apply(input, target=t, reduction=reduction)
 
 
-def cross_entropy(input, target, reduction="mean"):
-    """``nll_loss(log_softmax(input, 1), target)`` on raw logits."""
-    return nll_loss(log_softmax(input, 1), target, reduction)
+def _raw_on(value, input):
+    """``value`` (a Tensor or array-like) as a raw array of ``input``'s backend."""
+    return value.data if isinstance(value, Tensor) else input.backend.xp.asarray(value)
+
+
+def _class_targets(op, input, target, ignore_index):
+    """``target``'s class indices as a raw int64 array, checked against ``input``:
+    (N, d1, ...) for an (N, C, d1, ...) input, 0-d for an unbatched (C,) one."""
+    if input.ndim == 0:
+        raise ValueError(f"{op}: expected an input of 1 or more dims (C,), (N, C) or (N, C, d1, ...), got a 0-d one")
+    t = _raw_on(target, input)
+    if t.dtype.kind not in "iu":
+        raise ValueError(f"{op}: target must hold integer class indices, got {t.dtype} "
+                         "(class probabilities need cross_entropy and a target of the input's shape)")
+    expected = () if input.ndim == 1 else input.shape[:1] + input.shape[2:]
+    if tuple(t.shape) != expected:
+        raise ValueError(f"{op}: expected a target of shape {expected} for an input of shape {input.shape}, "
+                         f"got {tuple(t.shape)}")
+    t = t.astype(np.int64, copy=False)
+    classes = input.shape[0 if input.ndim == 1 else 1]
+    # Checked on the host only: on a GPU it would wait for the device every step.
+    if input.backend.name == "numpy" and t.size and (t.min() < 0 or t.max() >= classes):
+        bad = t[((t < 0) | (t >= classes)) & (t != ignore_index)]
+        if bad.size:
+            raise IndexError(f"{op}: target {bad[0]} is out of bounds for {classes} classes")
+    return t
+
+
+def _class_weights(op, input, weight):
+    """``weight`` (one per class, or None) as a raw array of ``input``'s dtype."""
+    if weight is None:
+        return None
+    w = _raw_on(weight, input)
+    classes = input.shape[0 if input.ndim == 1 else 1]
+    if tuple(w.shape) != (classes,):
+        raise ValueError(f"{op}: weight must hold one value per class, {classes}, got shape {tuple(w.shape)}")
+    return w.astype(input.dtype, copy=False)
+
+
+def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean"):
+    """Negative log-likelihood of integer class ``target`` under log-probabilities
+    ``input``: (N, C) with (N,) targets, (N, C, d1, ...) with (N, d1, ...), or one
+    unbatched (C,) sample with a 0-d target. ``weight`` scales each class's terms;
+    targets equal to ``ignore_index`` count for nothing, in the mean too."""
+    _check_reduction(reduction)
+    t = _class_targets("nll_loss", input, target, ignore_index)
+    w = _class_weights("nll_loss", input, weight)
+    if input.ndim == 1:  # one sample: a batch of one
+        loss = NLLLoss.apply(input.reshape(1, -1), target=t.reshape(1), weight=w,
+                             ignore_index=ignore_index, reduction=reduction)
+        return loss.reshape(()) if reduction == "none" else loss
+    return NLLLoss.apply(input, target=t, weight=w, ignore_index=ignore_index, reduction=reduction)
+
+
+def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+    """``nll_loss(log_softmax(input, class_dim), target)`` on raw logits, with PyTorch's
+    options: class-index targets or, in a target of the input's shape, class
+    probabilities; ``label_smoothing`` mixes the target with the uniform distribution."""
+    _check_reduction(reduction)
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be between 0.0 and 1.0, got {label_smoothing}")
+    if input.ndim == 0:
+        raise ValueError("cross_entropy: expected an input of 1 or more dims (C,), (N, C) or (N, C, d1, ...), "
+                         "got a 0-d one")
+    class_dim = 0 if input.ndim == 1 else 1
+    logp = log_softmax(input, class_dim)
+    if np.shape(target.data if isinstance(target, Tensor) else target) == input.shape:
+        return _cross_entropy_soft(logp, target, weight, ignore_index, reduction, label_smoothing, class_dim)
+    loss = nll_loss(logp, target, weight, ignore_index, reduction)
+    if label_smoothing == 0.0:
+        return loss
+    # The smoothing term: the (weighted) sum of -log p over all classes, as PyTorch's
+    # cross_entropy_loss_label_smoothing, ignored targets counting for nothing.
+    t = _class_targets("cross_entropy", input, target, ignore_index)
+    w = _class_weights("cross_entropy", input, weight)
+    counted = t != ignore_index
+    weighted = logp if w is None else logp * Tensor(w.reshape(_class_shape(input.ndim, class_dim)))
+    smooth = -weighted.sum(class_dim) * Tensor(counted.astype(input.dtype))
+    if reduction == "mean":
+        xp = input.backend.xp
+        total = counted.sum() if w is None else xp.where(counted, w[xp.where(counted, t, 0)], 0).sum()
+        smooth = smooth.sum() / Tensor(total.astype(input.dtype))
+    elif reduction == "sum":
+        smooth = smooth.sum()
+    return loss * (1 - label_smoothing) + smooth * (label_smoothing / input.shape[class_dim])
+
+
+def _class_shape(ndim, class_dim):
+    """The shape that broadcasts a per-class vector along ``class_dim`` of an ``ndim``-D input."""
+    return (-1,) + (1,) * (ndim - class_dim - 1)
+
+
+def _cross_entropy_soft(logp, target, weight, ignore_index, reduction, label_smoothing, class_dim):
+    """Cross entropy against class probabilities ``target`` (the input's shape): the
+    mean divides by the number of samples (every position of every batch item)."""
+    if ignore_index >= 0:
+        raise ValueError("cross_entropy: ignore_index is not supported for class-probability targets")
+    if not isinstance(target, Tensor):
+        target = Tensor(_raw_on(target, logp))
+    if target.dtype.kind != "f":
+        raise ValueError(f"cross_entropy: a target of the input's shape {logp.shape} holds class probabilities "
+                         f"and must be floating point, got {target.dtype}")
+    classes = logp.shape[class_dim]
+    if label_smoothing > 0.0:
+        target = target * (1 - label_smoothing) + label_smoothing / classes
+    product = logp * target
+    w = _class_weights("cross_entropy", logp, weight)
+    if w is not None:
+        product = product * Tensor(w.reshape(_class_shape(logp.ndim, class_dim)))
+    if reduction == "none":
+        return -product.sum(class_dim)
+    total = -product.sum()
+    if reduction == "sum":
+        return total
+    samples = logp.numel() // classes if classes else 0
+    return total / samples if samples else total * float("nan")

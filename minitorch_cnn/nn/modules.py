@@ -6,7 +6,7 @@ from collections import OrderedDict, namedtuple
 import numpy as np
 
 from .. import backends
-from ..tensor import DEFAULT_FLOAT, Tensor
+from ..tensor import DEFAULT_FLOAT, Tensor, as_tensor
 from . import functional as F
 
 
@@ -201,8 +201,8 @@ class Linear(Module):
         self.weight, fan_in = _kaiming_uniform_a_sqrt5((out_features, in_features))
         self.bias = _uniform((out_features,), 1 / math.sqrt(fan_in)) if bias else None
 
-    def forward(self, x):
-        return F.linear(x, self.weight, self.bias)
+    def forward(self, input):
+        return F.linear(input, self.weight, self.bias)
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -231,8 +231,8 @@ class AvgPool2d(_Pool):
 
 
 class ReLU(Module):
-    def forward(self, x):
-        return F.relu(x)
+    def forward(self, input):
+        return F.relu(input)
 
 
 class _Dropout(Module):
@@ -244,8 +244,8 @@ class _Dropout(Module):
             raise ValueError(f"dropout probability has to be between 0 and 1, got {p}")
         self.p = p
 
-    def forward(self, x):
-        return type(self).function(x, self.p, self.training)
+    def forward(self, input):
+        return type(self).function(input, self.p, self.training)
 
     def extra_repr(self):
         return f"p={self.p}"
@@ -284,11 +284,14 @@ class BatchNorm2d(Module):
         the max pool ``pool`` (a MaxPool2d) too when given."""
         if x.ndim != 4:
             raise ValueError(f"BatchNorm2d expects a 4-D NCHW input, got shape {x.shape}")
+        momentum = self.momentum
         if self.training and self.running_mean is not None:
             self.num_batches_tracked.data = self.num_batches_tracked.data + 1
+            if momentum is None:  # a cumulative average: batch k weighs 1/k, as PyTorch
+                momentum = 1.0 / float(self.num_batches_tracked.item())
         window = None if pool is None else (pool.kernel_size, pool.stride, pool.padding)
         return F._batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                             self.training, self.momentum, self.eps, relu, window)
+                             self.training, momentum, self.eps, relu, window)
 
     def extra_repr(self):
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
@@ -308,13 +311,16 @@ class LogSoftmax(Module):
         super().__init__()
         self.dim = dim
 
-    def forward(self, x):
-        return F.log_softmax(x, self.dim)
+    def forward(self, input):
+        return F.log_softmax(input, self.dim, _stacklevel=5)
+
+    def extra_repr(self):
+        return f"dim={self.dim}"
 
 
 class Softmax(LogSoftmax):
-    def forward(self, x):
-        return F.softmax(x, self.dim)
+    def forward(self, input):
+        return F.softmax(input, self.dim, _stacklevel=5)
 
 
 class Sequential(Module):
@@ -365,19 +371,26 @@ def _plain(module, cls):
 
 
 class _Loss(Module):
-    function = None
-
-    def __init__(self, reduction="mean"):
+    def __init__(self, weight=None, ignore_index=-100, reduction="mean"):
         super().__init__()
-        self.reduction = reduction
-
-    def forward(self, input, target):
-        return type(self).function(input, target, self.reduction)
-
-
-class CrossEntropyLoss(_Loss):
-    function = staticmethod(F.cross_entropy)
+        self.ignore_index, self.reduction = ignore_index, reduction
+        # The class weights are a buffer, as in PyTorch: in the state_dict, moved by to().
+        if weight is not None:
+            self.register_buffer("weight", as_tensor(weight))
+        else:
+            self.weight = None
 
 
 class NLLLoss(_Loss):
-    function = staticmethod(F.nll_loss)
+    def forward(self, input, target):
+        return F.nll_loss(input, target, self.weight, self.ignore_index, self.reduction)
+
+
+class CrossEntropyLoss(_Loss):
+    def __init__(self, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+        super().__init__(weight, ignore_index, reduction)
+        self.label_smoothing = label_smoothing
+
+    def forward(self, input, target):
+        return F.cross_entropy(input, target, self.weight, self.ignore_index, self.reduction,
+                               self.label_smoothing)
