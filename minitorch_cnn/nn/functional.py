@@ -5,6 +5,7 @@ compute on batch-innermost ``(C, H, W, N)`` arrays (see ``backends/base.py`` for
 and return NCHW-shaped *views* of that memory, so a chain of them never transposes:
 ``_chwn`` below is free whenever its input came from another image op.
 """
+import math
 import warnings
 
 import numpy as np
@@ -155,10 +156,8 @@ class Linear(Function):
         if x.shape[-1] != w.shape[1]:
             raise ValueError(f"linear: input has {x.shape[-1]} features, weight {tuple(w.shape)} expects {w.shape[1]}")
         self.x, self.w, self.has_bias = x, w, bool(bias)
-        if x.ndim == 2:
-            out = backends.backend_of(x).matmul(x, w.T)
-        else:
-            out = backends.backend_of(x).matmul(x.reshape(-1, x.shape[-1]), w.T)
+        out = backends.backend_of(x).matmul(_rows(x), w.T)
+        if x.ndim != 2:
             out = out.reshape(x.shape[:-1] + w.shape[:1])
         if bias:
             out += bias[0]
@@ -167,12 +166,17 @@ class Linear(Function):
     def backward(self, g):
         x, w = self.x, self.w
         be = backends.backend_of(g)
-        g2 = g.reshape(-1, g.shape[-1])
+        g2 = _rows(g)
         gx = be.matmul(g2, w).reshape(g.shape[:-1] + w.shape[1:]) if self.needs_grad[0] else None
-        gw = be.matmul(g2.T, x.reshape(-1, x.shape[-1])) if self.needs_grad[1] else None
+        gw = be.matmul(g2.T, _rows(x)) if self.needs_grad[1] else None
         if self.has_bias:
             return gx, gw, g2.sum(axis=0) if self.needs_grad[2] else None
         return gx, gw
+
+
+def _rows(a):
+    """``a`` as a matrix of rows of its last dim (sizes spelled out: -1 is ambiguous when empty)."""
+    return a if a.ndim == 2 else a.reshape(math.prod(a.shape[:-1]), a.shape[-1])
 
 
 def linear(input, weight, bias=None):
