@@ -310,6 +310,11 @@ class Tensor:
     def T(self):
         return Permute.apply(self, axes=tuple(reversed(range(self.ndim))))
 
+    def masked_fill(self, mask, value):
+        """A copy with ``value`` where the boolean ``mask`` (broadcast) is true; no
+        gradient flows there, even an inf or NaN one."""
+        return MaskedFill.apply(self, mask=_raw(mask), value=value)
+
     def exp(self): return Exp.apply(self)
     def log(self): return Log.apply(self)
     def relu(self): return ReLU.apply(self)
@@ -654,6 +659,15 @@ class Maximum(Function):
         a_loses, b_loses = (a < b, a > b) if self.larger else (a > b, a < b)
         return (unbroadcast(xp.where(a_loses, 0, shared), a.shape) if self.needs_grad[0] else None,
                 unbroadcast(xp.where(b_loses, 0, shared), b.shape) if self.needs_grad[1] else None)
+
+
+class MaskedFill(Function):
+    def forward(self, a, mask, value):
+        self.mask = mask
+        return backends.get_array_module(a).where(mask, np.asarray(value, dtype=a.dtype), a)
+
+    def backward(self, g):
+        return backends.get_array_module(g).where(self.mask, 0, g)
 
 
 class Cast(Function):

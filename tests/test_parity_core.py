@@ -21,8 +21,10 @@ NAN, INF = float("nan"), float("inf")
 TIES = [np.array([[1.0, 2.0, 3.0], [4.0, 2.0, 0.0]]), np.array([1.0, 5.0, 3.0])]
 
 
-def f64(*arrays):
-    return [np.asarray(a, dtype=np.float64) for a in arrays]
+def MASK(x):
+    """A (2, 3) boolean mask, as the framework of ``x`` takes it."""
+    mask = np.array([[True, False, True], [False, False, True]])
+    return torch.tensor(mask) if isinstance(x, torch.Tensor) else mt.tensor(mask)
 
 
 REDUCTIONS = [
@@ -92,6 +94,9 @@ ELEMENTWISE = [
     ("rpow", [(3,)], lambda x: 2.0 ** x, None, {}),
     ("rpow_zero_base", [(4,)], lambda x: 0.0 ** x, None, {"low": 0.0}),
     ("getitem_neg_step", [(3, 4)], lambda x: x[-1, ::2], None, {}),
+    ("masked_fill", [(2, 3)], lambda x: x.masked_fill(MASK(x), 5.0), None, {}),
+    ("masked_fill_broadcast_row", [(2, 3)], lambda x: x.masked_fill(MASK(x)[0], -1.0), None, {}),
+    ("masked_fill_inf_gradient", [(3,)], lambda x: (x.masked_fill(MASK(x)[0], 0.0) / 0.0).sum(), None, {}),
 ]
 
 SHAPES = [
@@ -308,3 +313,19 @@ def test_relu_of_nan_is_nan():
 def test_tensor_of_strings_or_objects_raises_type_error(data):
     with pytest.raises(TypeError, match="only numbers and booleans"):
         mt.tensor(data)
+
+
+@pytest.mark.parametrize("momentum", [None, 0.3])
+def test_batch_norm_momentum_none_is_the_cumulative_average(momentum):
+    mine, twin = nn.BatchNorm2d(3, momentum=momentum), torch.nn.BatchNorm2d(3, momentum=momentum)
+    rng = np.random.default_rng(4)
+    for step in range(4):
+        x = rng.standard_normal((2, 3, 4, 4)).astype(np.float32) * (step + 1) + step
+        mine(mt.tensor(x))
+        twin(torch.tensor(x))
+    for key, value in twin.state_dict().items():
+        np.testing.assert_allclose(mine.state_dict()[key], value.numpy(), rtol=1e-5, atol=1e-6, err_msg=key)
+    mine.eval(), twin.eval()
+    x = rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
+    np.testing.assert_allclose(mine(mt.tensor(x)).numpy(), twin(torch.tensor(x)).detach().numpy(),
+                               rtol=1e-5, atol=1e-5)

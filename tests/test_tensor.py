@@ -156,6 +156,65 @@ def test_grad_of_constant_stays_none():
     np.testing.assert_allclose(x.grad.numpy(), [3.0, 4.0])
 
 
+def test_backward_through_a_freed_graph_raises_as_pytorch():
+    a = mt.tensor([1.0, 2.0], requires_grad=True)
+    y = a * a
+    y.sum().backward()
+    with pytest.raises(RuntimeError, match="backward through the graph a second time.*retain_graph=True"):
+        (y * 3).sum().backward()
+    with pytest.raises(RuntimeError, match="a second time"):
+        y.sum().backward()
+    assert y.grad is None  # an intermediate never turns into a leaf that collects a gradient
+    ta = torch.tensor([1.0, 2.0], requires_grad=True)
+    ty = ta * ta
+    ty.sum().backward()
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        (ty * 3).sum().backward()
+
+
+def test_retain_graph_keeps_it_for_another_backward():
+    for framework in (mt, torch):
+        a = framework.tensor([1.0, 2.0], requires_grad=True)
+        y = a * a
+        y.sum().backward(retain_graph=True)
+        (y * 3).sum().backward()
+        np.testing.assert_allclose(a.grad.numpy(), [8.0, 16.0])  # 2a, then 3 * 2a
+
+
+def test_retain_graph_twice_through_a_cnn():
+    """Every op's backward leaves what it saved intact when the graph is retained."""
+    mt.manual_seed(0)
+    nn = mt.nn
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Conv2d(4, 4, 3), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(4, 3))
+    loss = mt.nn.functional.cross_entropy(net(mt.randn(2, 1, 8, 8)), mt.tensor(np.array([0, 2])))
+    loss.backward(retain_graph=True)
+    first = [p.grad.numpy().copy() for p in net.parameters()]
+    loss.backward()
+    for p, g in zip(net.parameters(), first):
+        np.testing.assert_allclose(p.grad.numpy(), 2 * g, rtol=1e-4, atol=1e-6)
+    with pytest.raises(RuntimeError, match="a second time"):
+        loss.backward()
+
+
+class _WrongShape(mt.autograd.Function):
+    """A buggy op whose backward returns a gradient of the wrong (but same-sized) shape."""
+
+    def forward(self, x):
+        return x * 2
+
+    def backward(self, g):
+        return g.reshape(-1)
+
+
+def test_a_gradient_of_the_wrong_shape_raises_instead_of_being_reshaped():
+    x = mt.tensor(np.ones((2, 3), np.float32), requires_grad=True)
+    with pytest.raises(RuntimeError, match=r"_WrongShape.backward returned a gradient of shape \(6,\) "
+                                           r"for an input of shape \(2, 3\)"):
+        _WrongShape.apply(x).sum().backward()
+    assert x.grad is None
+
+
 def test_no_grad_records_nothing():
     x = mt.tensor([1.0, 2.0], requires_grad=True)
     with mt.no_grad():

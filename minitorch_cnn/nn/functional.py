@@ -393,7 +393,7 @@ class NLLLoss(Function):
         self.index = xp.arange(t.shape[0]), xp.where(counted, t, 0)  # an ignored row picks class 0, weighs 0
         w = counted.astype(logp.dtype) if weight is None else weight[self.index[1]] * counted
         losses = xp.where(counted, -rows[self.index] * w, 0)
-        self.w = w
+        self.w, self.counted = w, counted
         if reduction == "none":
             return losses.reshape(target.shape)
         if reduction == "sum":
@@ -409,7 +409,7 @@ class NLLLoss(Function):
             with np.errstate(invalid="ignore", divide="ignore"):
                 g = g / self.total_weight
         grad = xp.zeros((self.index[0].shape[0], classes), dtype=self.w.dtype)
-        grad[self.index] = -self.w * g.reshape(-1)
+        grad[self.index] = xp.where(self.counted, -self.w * g.reshape(-1), 0)
         if len(self.shape) == 2:
             return grad
         return xp.moveaxis(grad.reshape((n,) + self.shape[2:] + (classes,)), -1, 1)
@@ -497,7 +497,7 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     w = _class_weights("cross_entropy", input, weight)
     counted = t != ignore_index
     weighted = logp if w is None else logp * Tensor(w.reshape(_class_shape(input.ndim, class_dim)))
-    smooth = -weighted.sum(class_dim) * Tensor(counted.astype(input.dtype))
+    smooth = (-weighted.sum(class_dim)).masked_fill(~counted, 0.0)
     if reduction == "mean":
         xp = input.backend.xp
         total = counted.sum() if w is None else xp.where(counted, w[xp.where(counted, t, 0)], 0).sum()
