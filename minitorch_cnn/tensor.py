@@ -161,7 +161,7 @@ class Tensor:
         self.data = data
         self.requires_grad = requires_grad
         self.grad = None
-        self._ctx = None
+        self._ctx = None  # the Function that made it: None for a leaf, _FREED after backward
 
     # ---- description ------------------------------------------------------------
     shape = property(lambda self: tuple(self.data.shape))

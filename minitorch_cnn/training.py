@@ -63,7 +63,7 @@ def loss_function(kind, reduction="mean"):
     if kind not in LOSSES:
         raise ValueError(f"unknown loss {kind!r}; choose one of {sorted(LOSSES)}")
     fn = LOSSES[kind]
-    return lambda output, target: fn(output, target, reduction)
+    return lambda output, target: fn(output, target, reduction=reduction)
 
 
 def step_seed(seed, epoch, batch):

@@ -13,6 +13,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from optest import gradcheck, mt_backend  # noqa: E402,F401  (mt_backend: autouse fixture)
 
+import minitorch_cnn as mt  # noqa: E402
 import minitorch_cnn.nn.functional as F  # noqa: E402
 
 
@@ -54,7 +55,6 @@ def test_batch_norm_training(shape):
     c = shape[1]
 
     def fn(x, w, b):  # fresh running buffers each call: their update doesn't change the output
-        import minitorch_cnn as mt
         rm = mt.tensor(np.zeros(c), dtype=np.float64)
         rv = mt.tensor(np.ones(c), dtype=np.float64)
         return F.batch_norm(x, rm, rv, w, b, training=True)
@@ -78,6 +78,44 @@ def test_losses(loss, reduction):
     rng = np.random.default_rng(14)
     target = rng.integers(0, 5, size=6).astype(np.int64)
     gradcheck(lambda x, t: getattr(F, loss)(x, t, reduction=reduction), [rand(6, 5, seed=15, low=-3, high=3), target])
+
+
+@pytest.mark.parametrize("options", [{"weight": True}, {"ignore_index": 1}, {"weight": True, "ignore_index": 4},
+                                     {"label_smoothing": 0.3}, {"weight": True, "label_smoothing": 0.2,
+                                                                "ignore_index": 0, "reduction": "sum"}])
+@pytest.mark.parametrize("layout", [((6, 5), (6,)), ((5,), ()), ((2, 5, 3), (2, 3))], ids=["batch", "unbatched", "spatial"])
+def test_cross_entropy_options(options, layout):
+    (x_shape, t_shape), options = layout, dict(options)
+    target = np.random.default_rng(25).integers(0, 5, size=t_shape).astype(np.int64)
+    if options.pop("weight", False):
+        options["weight"] = mt.tensor(rand(5, seed=26, low=0.5, high=2.0), dtype=np.float64)
+    gradcheck(lambda x, t: F.cross_entropy(x, t, **options), [rand(*x_shape, seed=27, low=-3, high=3), target])
+    if "label_smoothing" not in options:
+        gradcheck(lambda x, t: F.nll_loss(x, t, **options), [rand(*x_shape, seed=28, low=-3, high=3), target])
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cross_entropy_probability_targets(reduction):
+    """Both the logits' and the soft target's gradients."""
+    gradcheck(lambda x, p: F.cross_entropy(x, p, reduction=reduction, label_smoothing=0.1),
+              [rand(2, 4, 3, seed=29, low=-3, high=3), rand(2, 4, 3, seed=30, low=0, high=1)])
+
+
+def test_elementwise_extremes_and_masked_fill():
+    mask = mt.tensor(np.array([[True, False, False, True]]))
+    gradcheck(lambda a, b: mt.maximum(a, b) * 2 + a.min(b) + a.masked_fill(mask, 3.0),
+              [distinct(3, 4, seed=31), distinct(4, seed=32) + 0.05])
+
+
+def test_pow_with_a_tensor_exponent():
+    gradcheck(lambda a, b: a ** b + 2.0 ** b, [rand(3, 4, seed=33, low=0.5, high=2.0), rand(4, seed=34)])
+
+
+def test_shape_ops_with_negative_dims():
+    def fn(a, v):
+        return (a.permute(-1, 0, -2).flatten(-2) @ v).mean(-1, keepdim=True) + a.transpose(-1, -3).max(-2)[0].sum()
+
+    gradcheck(fn, [distinct(2, 3, 4, seed=35), rand(6, seed=36)])
 
 
 def test_tensor_op_composite():

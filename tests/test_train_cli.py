@@ -232,7 +232,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path, m
 
     def nan_from_step_11(output, target, reduction):
         calls.append(reduction == "mean")  # training's loss; evaluation sums
-        loss = real(output, target, reduction)
+        loss = real(output, target, reduction=reduction)
         return loss * float("nan") if sum(calls) >= 11 and calls[-1] else loss
 
     monkeypatch.setitem(training.LOSSES, "cross_entropy", nan_from_step_11)

@@ -168,7 +168,7 @@ def test_nonfinite_loss_names_its_step(monkeypatch):
 
     def nan_at_third_batch(output, target, reduction):
         calls.append(1)
-        loss = real(output, target, reduction)
+        loss = real(output, target, reduction=reduction)
         return loss * float("nan") if len(calls) == 3 else loss
 
     monkeypatch.setitem(training.LOSSES, "nll", nan_at_third_batch)
