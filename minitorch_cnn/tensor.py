@@ -664,7 +664,8 @@ class Maximum(Function):
 class MaskedFill(Function):
     def forward(self, a, mask, value):
         self.mask = mask
-        return backends.get_array_module(a).where(mask, np.asarray(value, dtype=a.dtype), a)
+        xp = backends.get_array_module(a)
+        return xp.where(mask, xp.asarray(value, dtype=a.dtype), a)
 
     def backward(self, g):
         return backends.get_array_module(g).where(self.mask, 0, g)

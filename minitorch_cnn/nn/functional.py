@@ -381,7 +381,10 @@ class NLLLoss(Function):
     """``-weight[t] * input[t]`` for each target class ``t`` (along dim 1 of an (N, C, ...)
     input), 0 where ``t == ignore_index``; "mean" divides the sum by the summed weights
     of the targets counted, as PyTorch. It works on (rows, C): the class dim moved last
-    and every other dim flattened, so (N, C) and spatial inputs are one case."""
+    and every other dim flattened, so (N, C) and spatial inputs are one case.
+    ``ignore_index=None`` says that no target equals it, and ``weight=None`` that every
+    class weighs 1: then each row weighs 1, and the op skips the weighing (the training
+    loop's case, on every step)."""
 
     def forward(self, logp, target, weight, ignore_index, reduction):
         xp = backends.get_array_module(logp)
@@ -389,30 +392,44 @@ class NLLLoss(Function):
         classes = logp.shape[1]
         rows = logp if logp.ndim == 2 else xp.moveaxis(logp, 1, -1).reshape(-1, classes)
         t = target.reshape(-1)
-        counted = t != ignore_index
-        self.index = xp.arange(t.shape[0]), xp.where(counted, t, 0)  # an ignored row picks class 0, weighs 0
-        w = counted.astype(logp.dtype) if weight is None else weight[self.index[1]] * counted
-        losses = xp.where(counted, -rows[self.index] * w, 0)
-        self.w, self.counted = w, counted
+        self.counted = None if ignore_index is None else t != ignore_index
+        picks = t if self.counted is None else xp.where(self.counted, t, 0)  # an ignored row picks class 0
+        self.index = xp.arange(t.shape[0]), picks
+        # Each row's weight (its class's, 0 where ignored), or None where every row weighs 1.
+        self.w = None if weight is None else weight[picks]
+        if self.counted is not None:
+            self.w = self.counted.astype(logp.dtype) if self.w is None else self.w * self.counted
+        losses = -rows[self.index] if self.w is None else -rows[self.index] * self.w
+        if self.counted is not None:
+            losses = xp.where(self.counted, losses, 0)  # exactly 0, even where log p is -inf
         if reduction == "none":
             return losses.reshape(target.shape)
         if reduction == "sum":
             return losses.sum()
-        self.total_weight = w.sum()
-        with np.errstate(invalid="ignore", divide="ignore"):  # nothing counted: NaN, as PyTorch
-            return losses.sum() / self.total_weight
+        self.total_weight = t.shape[0] if self.w is None else self.w.sum()
+        return _divide(losses.sum(), self.total_weight)
 
     def backward(self, g):
         xp = backends.get_array_module(g)
         n, classes = self.shape[0], self.shape[1]
         if self.reduction == "mean":
-            with np.errstate(invalid="ignore", divide="ignore"):
-                g = g / self.total_weight
-        grad = xp.zeros((self.index[0].shape[0], classes), dtype=self.w.dtype)
-        grad[self.index] = xp.where(self.counted, -self.w * g.reshape(-1), 0)
+            g = _divide(g, self.total_weight)
+        g = -g.reshape(-1) if self.w is None else -self.w * g.reshape(-1)
+        if self.counted is not None:
+            g = xp.where(self.counted, g, 0)
+        grad = xp.zeros((self.index[0].shape[0], classes), dtype=g.dtype)
+        grad[self.index] = g
         if len(self.shape) == 2:
             return grad
         return xp.moveaxis(grad.reshape((n,) + self.shape[2:] + (classes,)), -1, 1)
+
+
+def _divide(a, b):
+    """``a / b``; NaN (PyTorch's mean of nothing) without NumPy's warning when b is 0."""
+    if isinstance(b, int) and b:
+        return a / b
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return a / b
 
 
 def _check_reduction(reduction):
@@ -427,7 +444,8 @@ def _raw_on(value, input):
 
 def _class_targets(op, input, target, ignore_index):
     """``target``'s class indices as a raw int64 array, checked against ``input``:
-    (N, d1, ...) for an (N, C, d1, ...) input, 0-d for an unbatched (C,) one."""
+    (N, d1, ...) for an (N, C, d1, ...) input, 0-d for an unbatched (C,) one; and
+    ``ignore_index``, or None where the host's check shows that no target equals it."""
     if input.ndim == 0:
         raise ValueError(f"{op}: expected an input of 1 or more dims (C,), (N, C) or (N, C, d1, ...), got a 0-d one")
     t = _raw_on(target, input)
@@ -441,11 +459,14 @@ def _class_targets(op, input, target, ignore_index):
     t = t.astype(np.int64, copy=False)
     classes = input.shape[0 if input.ndim == 1 else 1]
     # Checked on the host only: on a GPU it would wait for the device every step.
-    if input.backend.name == "numpy" and t.size and (t.min() < 0 or t.max() >= classes):
+    if input.backend.name != "numpy":
+        return t, ignore_index
+    low, high = (t.min(), t.max()) if t.size else (0, -1)
+    if low < 0 or high >= classes:
         bad = t[((t < 0) | (t >= classes)) & (t != ignore_index)]
         if bad.size:
             raise IndexError(f"{op}: target {bad[0]} is out of bounds for {classes} classes")
-    return t
+    return t, ignore_index if low <= ignore_index <= high else None
 
 
 def _class_weights(op, input, weight):
@@ -465,7 +486,7 @@ def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean"):
     unbatched (C,) sample with a 0-d target. ``weight`` scales each class's terms;
     targets equal to ``ignore_index`` count for nothing, in the mean too."""
     _check_reduction(reduction)
-    t = _class_targets("nll_loss", input, target, ignore_index)
+    t, ignore_index = _class_targets("nll_loss", input, target, ignore_index)
     w = _class_weights("nll_loss", input, weight)
     if input.ndim == 1:  # one sample: a batch of one
         loss = NLLLoss.apply(input.reshape(1, -1), target=t.reshape(1), weight=w,
@@ -493,7 +514,7 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
         return loss
     # The smoothing term: the (weighted) sum of -log p over all classes, as PyTorch's
     # cross_entropy_loss_label_smoothing, ignored targets counting for nothing.
-    t = _class_targets("cross_entropy", input, target, ignore_index)
+    t, _ = _class_targets("cross_entropy", input, target, ignore_index)
     w = _class_weights("cross_entropy", input, weight)
     counted = t != ignore_index
     weighted = logp if w is None else logp * Tensor(w.reshape(_class_shape(input.ndim, class_dim)))
