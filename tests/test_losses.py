@@ -188,3 +188,13 @@ def test_ignore_index_target_out_of_range_is_allowed():
 def test_unbatched_cross_entropy_from_the_issue():
     loss = F.cross_entropy(mt.tensor(np.zeros(3, np.float32)), mt.tensor(np.int64(1)))
     assert loss.shape == () and loss.item() == pytest.approx(np.log(3))
+
+
+@pytest.mark.parametrize("name", ["nll_loss", "cross_entropy"])
+def test_functional_losses_take_pytorchs_keywords(name):
+    x = np.random.default_rng(7).uniform(-1, 1, size=(3, CLASSES)).astype(np.float32)
+    t = np.array([0, 3, 1], np.int64)
+    check_op(None, lambda a, b: getattr(TF, name)(input=a, target=b, weight=torch.tensor(WEIGHT.astype(np.float32)),
+                                                  ignore_index=3, reduction="sum"),
+             lambda a, b: getattr(F, name)(input=a, target=b, weight=mt.tensor(WEIGHT.astype(np.float32)),
+                                           ignore_index=3, reduction="sum"), inputs=[x, t])

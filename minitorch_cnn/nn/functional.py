@@ -414,7 +414,11 @@ class NLLLoss(Function):
         n, classes = self.shape[0], self.shape[1]
         if self.reduction == "mean":
             g = _divide(g, self.total_weight)
-        g = -g.reshape(-1) if self.w is None else -self.w * g.reshape(-1)
+        if self.w is None:
+            g = -g.reshape(-1)
+        else:
+            with np.errstate(invalid="ignore"):  # 0 * inf when nothing counted: replaced by 0 below
+                g = -self.w * g.reshape(-1)
         if self.counted is not None:
             g = xp.where(self.counted, g, 0)
         grad = xp.zeros((self.index[0].shape[0], classes), dtype=g.dtype)
