@@ -259,10 +259,10 @@ class Tensor:
 
     # ---- methods -------------------------------------------------------------------
     def sum(self, dim=None, keepdim=False):
-        return Sum.apply(self, dims=None if dim is None else _dims(dim, self.ndim), keepdim=keepdim)
+        return Sum.apply(self, dims=_dims(dim, self.ndim), keepdim=keepdim)
 
     def mean(self, dim=None, keepdim=False):
-        dims = None if dim is None else _dims(dim, self.ndim)
+        dims = _dims(dim, self.ndim)
         count = self.data.size if dims is None else math.prod(self.shape[d] for d in dims)
         total = Sum.apply(self, dims=dims, keepdim=keepdim)
         return total / count if count else total * float("nan")  # the mean of nothing: NaN
@@ -433,7 +433,10 @@ def wrap_dim(dim, ndim):
 
 def _dims(dim, ndim):
     """``dim`` (an int or a sequence of them) as a tuple of non-negative axes; none for
-    a 0-d tensor, whose only dim names the whole of it."""
+    a 0-d tensor, whose only dim names the whole of it. None, or no dims at all, means
+    every dim (returned as None), as PyTorch's sum and mean."""
+    if dim is None or (isinstance(dim, (tuple, list)) and not dim):
+        return None
     dims = tuple(wrap_dim(d, ndim) for d in (dim if isinstance(dim, (tuple, list)) else (dim,)))
     if len(set(dims)) != len(dims):
         raise RuntimeError(f"dim {dim!r}: a dim appears more than once")

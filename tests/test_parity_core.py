@@ -32,6 +32,8 @@ REDUCTIONS = [
     ("sum_neg_dim", [(2, 3, 4)], lambda x: x.sum(-1), None, {}),
     ("sum_dims_keepdim", [(2, 3, 4)], lambda x: x.sum((0, -1), keepdim=True), None, {}),
     ("sum_list_of_dims", [(2, 3, 4)], lambda x: x.sum([2, 0]), None, {}),
+    ("sum_no_dims_is_all", [(2, 3)], lambda x: x.sum(dim=[]), None, {}),
+    ("mean_no_dims_is_all", [(2, 3)], lambda x: x.mean(dim=()), None, {}),
     ("sum_0d", [()], lambda x: x.sum(), None, {}),
     ("sum_0d_neg_dim", [()], lambda x: x.sum(-1), None, {}),
     ("sum_0d_dim_keepdim", [()], lambda x: x.sum(0, keepdim=True), None, {}),
