@@ -239,8 +239,8 @@ class BatchNorm(Function):
     ``batch_norm_backward``). Backward needs the centered input, ``x - mean``: it is
     formed again from the input, which the graph keeps anyway, rather than kept as one
     more activation-sized array. With ``relu`` the op is a BatchNorm followed by a ReLU,
-    and with ``pool`` (a max pool's window) then by that max pool too (``nn.Sequential``
-    fuses them): the same numbers, with fewer passes over the activation each way."""
+    and with ``pool`` (a max pool's window) then by that max pool too (``nn.fuse_modules``
+    makes that a ``BatchNormReLU2d``): the same numbers, with fewer passes over the activation each way."""
 
     def forward(self, x, *affine, running_mean, running_var, training, momentum, eps, relu=False, pool=None):
         be = backends.backend_of(x)
@@ -307,7 +307,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
 def _batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps, relu, pool=None):
     """``batch_norm``, and with ``relu`` then ``relu`` in the same op, and with ``pool``
     (max_pool2d's ``(kernel_size, stride, padding)``) then that max pool too
-    (``nn.Sequential`` fuses these; not a PyTorch function)."""
+    (``nn.BatchNormReLU2d``; not a PyTorch function)."""
     raw = lambda t: t.data if isinstance(t, Tensor) else t
     affine = () if weight is None else (weight, bias if bias is not None else Tensor(
         weight.backend.xp.zeros(weight.shape, dtype=weight.dtype)))
