@@ -14,7 +14,7 @@ import numpy as np
 
 from . import cupy_backend
 from .host import HostBackend
-from .reference import Backend, BackendUnavailable, Window
+from .reference import OPS, Backend, BackendUnavailable, Window
 
 # name -> how to build it; CuPy itself is imported only when "cupy" is asked for.
 _FACTORIES = {
@@ -103,20 +103,17 @@ def host_rng():
 
 
 def contract():
-    """The backend contract as rows ``(op, {backend class name: implementation})``: every
-    public method of the reference :class:`Backend`, and for each fast backend whether it
-    runs the reference body or an override, naming the kernel source where it has one."""
-    classes = [HostBackend, cupy_backend.CupyBackend]
-    rows = []
-    for op in sorted(name for name, value in vars(Backend).items()
-                     if callable(value) and not name.startswith("_")):
-        cells = {}
-        for cls in classes:
-            method = getattr(cls, op)
-            if method is getattr(Backend, op):
-                cells[cls.__name__] = "reference"
-            else:
-                source = getattr(method, "kernel_source", None)
-                cells[cls.__name__] = f"kernels/{source}" if source else "override"
-        rows.append((op, cells))
-    return rows
+    """The backend contract as rows ``(op, {backend: implementation})``: each op body of
+    the reference :class:`Backend` (``reference.OPS``), and for each fast backend whether
+    it runs the reference body or its own, and which kernels."""
+    classes = {"numpy": HostBackend, "cupy": cupy_backend.CupyBackend}
+    return [(op, {name: getattr(getattr(cls, op), "implementation", "reference")
+                  for name, cls in classes.items()}) for op in OPS]
+
+
+def contract_table():
+    """``contract()`` as the Markdown table the README shows."""
+    names = list(contract()[0][1])
+    lines = ["| op | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(names)]
+    lines += [f"| `{op}` | " + " | ".join(cells[n] for n in names) + " |" for op, cells in contract()]
+    return "\n".join(lines)

@@ -23,7 +23,7 @@ import math
 
 import numpy as np
 
-from .reference import Backend, BackendUnavailable
+from .reference import Backend, BackendUnavailable, implemented_by
 from .sources import read_kernel_source
 
 INSTALL_HINT = "pip install 'minitorch_cnn[cuda12]' (CUDA 12) or 'minitorch_cnn[cuda13]' (CUDA 13)"
@@ -76,12 +76,9 @@ def _geometry(x_shape, window, oh, ow):
 
 
 def cuda_kernel(kernel):
-    """Mark a method as the override of the reference body of the same name by the CUDA
+    """Label a method as the override of the reference body of the same name by the CUDA
     kernel ``kernel`` (its source: ``KERNEL_SOURCES``), for the backend contract's table."""
-    def decorate(method):
-        method.kernel_source = KERNEL_SOURCES[kernel]
-        return method
-    return decorate
+    return implemented_by(f"CUDA: `kernels/{KERNEL_SOURCES[kernel]}`")
 
 
 # ---- the backend ------------------------------------------------------------------------

@@ -36,7 +36,7 @@ import numpy as np
 
 from . import host_kernels
 from .host_memory import keep_freed_memory
-from .reference import Backend
+from .reference import Backend, implemented_by
 
 
 def available_cores():
@@ -79,8 +79,7 @@ def c_kernel(source):
             result = NotImplemented if lib is None else method(self, lib, *args, **kwargs)
             return reference(self, *args, **kwargs) if result is NotImplemented else result
 
-        dispatch.kernel_source = source
-        return dispatch
+        return implemented_by(f"C: `kernels/{source}`")(dispatch)
     return decorate
 
 
@@ -214,6 +213,7 @@ class HostBackend(Backend):
                 return self._run_split(body, count)
             return body(0, count)
 
+    @implemented_by("threads, cache-sized blocks")
     def matmul(self, a, b, out=None):
         """Split by rows of ``a`` or columns of ``b``, whichever is longer; by the inner
         dimension when the result is small; a stack of products by stack entries.
@@ -321,6 +321,7 @@ class HostBackend(Backend):
         return out
 
     # ---- convolution: C kernels for small ones, cache-sized blocks of columns for the rest ----
+    @implemented_by("C: `kernels/conv.c` (small); cache-blocked columns")
     def conv2d(self, x, w2, bias, window, weight_grad=False, bias_grad=False):
         """A small convolution (``_small_conv``) by the C kernel ``conv_forward``, split by
         output rows, and its weight's gradient by ``conv_weight_grad`` from the padded input
@@ -350,6 +351,7 @@ class HostBackend(Backend):
 
         return out, weight_backward
 
+    @implemented_by("C: `kernels/conv.c` (small); cache-blocked columns")
     def conv2d_input_grad(self, w2, gc, x_shape, window):
         """For a small convolution with padding below its kernel: the stride-1 convolution
         of the output's gradient, padded by kh-1-ph and kw-1-pw, with the kernel flipped
@@ -612,6 +614,7 @@ class HostBackend(Backend):
             channels, g.nbytes)
         return gx, g_xhat, g_sum
 
+    @implemented_by("threads")
     def scale_shift(self, rows, scale, shift, relu=False):
         """Split by channel."""
         def affine(x, scale, shift, out):

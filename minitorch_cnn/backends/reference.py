@@ -45,6 +45,21 @@ class Window(NamedTuple):
         return slice(i, i + self.sh * (oh - 1) + 1, self.sh), slice(j, j + self.sw * (ow - 1) + 1, self.sw)
 
 
+# The backend contract: the op bodies below, which a fast backend may override
+# (``backends.contract()`` tabulates who does).
+OPS = ("matmul", "relu", "relu_backward", "im2col", "col2im", "add_columns", "conv2d", "conv2d_input_grad",
+       "max_pool", "max_pool_backward", "avg_pool", "avg_pool_backward", "batch_norm", "batch_norm_backward",
+       "scale_shift", "batch_norm_pool", "scale_shift_pool", "batch_norm_pool_backward")
+
+
+def implemented_by(label):
+    """Label a fast backend's override of a reference body, for the contract's table."""
+    def decorate(method):
+        method.implementation = label
+        return method
+    return decorate
+
+
 class Backend:
     """An array module and the op bodies the engine computes with."""
 
