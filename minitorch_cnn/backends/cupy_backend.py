@@ -32,8 +32,8 @@ INSTALL_HINT = "pip install 'minitorch_cnn[cuda12]' (CUDA 12) or 'minitorch_cnn[
 KERNEL_SOURCES = {
     "im2col": "im2col.cu",
     "col2im": "col2im.cu",
-    "max_pool": "maxpool.cu",
-    "max_pool_backward": "maxpool.cu",
+    "max_pool": "max_pool.cu",
+    "max_pool_backward": "max_pool.cu",
 }
 KERNEL_DTYPES = ("float32", "float64")
 COMPILE_OPTIONS = ("-std=c++14",)
