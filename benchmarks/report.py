@@ -113,6 +113,7 @@ def conditions(machine_info, benchmarks):
     if not info:
         return ["(the JSON file does not record the run's conditions)"]
     lines = [f"- Threads: {info.get('threads')} for every framework ({info.get('thread_control')}).",
+             f"- Processes: {info.get('processes', 'not recorded')}.",
              f"- dtype {info.get('dtype')}; {info.get('data')}; {info.get('weights')}.",
              f"- {info.get('warmup')}."]
     lines += [f"- {line}" for line in info.get("libraries", [])]
