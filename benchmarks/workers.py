@@ -78,8 +78,14 @@ class Worker:
         return status, result
 
     def close(self):
+        """End the worker: it exits when its stdin closes, after any request in flight
+        (one that takes over a minute, as after Ctrl-C mid-VGG, is killed)."""
         self.process.stdin.close()
-        self.process.wait(timeout=60)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 class WorkerPool:
