@@ -41,10 +41,12 @@ test: setup
 
 # Benchmarks run without the OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE settings meant for old
 # OpenBLAS builds, which halve a current NumPy's matrix speed (benchmarks only, never tests).
+# The full sweep by default; `make bench BENCH_ARGS=` times only the quick set.
+BENCH_ARGS ?= --bench-full
 bench: setup
 	mkdir -p .benchmarks
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) -m pytest benchmarks --benchmark-only \
-		--benchmark-json=.benchmarks/latest.json
+		$(BENCH_ARGS) --benchmark-json=.benchmarks/latest.json
 	$(PY) -m benchmarks.report .benchmarks/latest.json --out .benchmarks
 
 clean:
