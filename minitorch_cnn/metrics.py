@@ -15,7 +15,7 @@ import io
 import math
 import os
 
-from .checkpoint import atomic_replace_text, atomic_write
+from .files import atomic_replace_text, atomic_write
 
 COLUMNS = ("kind", "epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc",
            "test_loss", "test_acc", "images_per_second", "seconds")
