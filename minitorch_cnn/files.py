@@ -81,14 +81,15 @@ def check_writable(path):
     its folder can be created and written to, and ``path`` is not a folder itself."""
     path = os.fspath(path)
     if os.path.isdir(path):
-        raise IsADirectoryError(f"{path} is a folder; a file is to be written there")
+        raise IsADirectoryError(f"{path} is a folder")
     folder = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(folder, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as e:
-        raise type(e)(f"cannot write to folder {folder}: {e.strerror or e}") from None
+        raise type(e)(f"folder {folder} cannot be created or written to "
+                      f"({e.strerror or e})") from None
 
 
 def _process_runs(pid):

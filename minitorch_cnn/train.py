@@ -77,8 +77,15 @@ def _number(kind, minimum, strict=False, maximum=None):
     return parse
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: the message, and where to read more."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser():
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m minitorch_cnn.train",
         description="Train a model of the zoo (minitorch_cnn.models) on MNIST, Fashion-MNIST or "
                     "CIFAR-10. Without flags: %s on Fashion-MNIST with NumPy, with the model's "
@@ -126,8 +133,8 @@ def build_parser():
                         "gives the same run (default: 0)")
     p.add_argument("--data-dir", default=None,
                    help="folder holding the dataset files, the only place they are read from "
-                        "(default: searched for, see minitorch_cnn.data.load_dataset, and "
-                        "downloaded if missing)")
+                        "(default: a resumed run's own, else searched for, see "
+                        "minitorch_cnn.data.load_dataset, and downloaded if missing)")
     p.add_argument("--out", default=None,
                    help="output folder (default: runs/<model>-<dataset>-<seed>, with -1, -2, ... "
                         "appended while that holds a run; a resumed run writes beside its "
@@ -208,6 +215,8 @@ def resolve_config(args, parser, ckpt=None, init=None):
                      f"{tuple(spec.input_shape)}")
     config["backend"] = args.backend
     config["init_from"] = os.path.abspath(init.path) if init is not None else config.get("init_from")
+    # The data folder a run was given stays its data folder when it is resumed.
+    config["data_dir"] = os.path.abspath(args.data_dir) if args.data_dir else config.get("data_dir")
     # How the run is recorded: a resumed run keeps its own unless a flag says otherwise.
     for key, default in (("log_every", DEFAULT_LOG_EVERY), ("record_filters", None)):
         given_value = getattr(args, key)
@@ -229,8 +238,8 @@ def resolve_config(args, parser, ckpt=None, init=None):
 # ---- where the outputs go ------------------------------------------------------------------------
 def holds_run(folder, checkpoint=None):
     """Whether ``folder`` (or the ``checkpoint`` path) holds the outputs of a run."""
-    return (checkpoint is not None and os.path.exists(checkpoint)) or any(
-        os.path.exists(os.path.join(folder, name)) for name in RUN_FILES)
+    return (checkpoint is not None and os.path.isfile(checkpoint)) or any(
+        os.path.isfile(os.path.join(folder, name)) for name in RUN_FILES)
 
 
 def place_outputs(config, args, ckpt):
@@ -271,8 +280,7 @@ def check_outputs(outputs):
             try:
                 check_writable(path)
             except OSError as e:
-                raise UnusableInput(f"cannot write the {what} {os.path.abspath(path)}: "
-                                    f"{e.args[-1] if e.args else e}") from None
+                raise UnusableInput(f"cannot write the {what} {os.path.abspath(path)}: {e}") from None
 
 
 # ---- data ------------------------------------------------------------------------------------
@@ -398,7 +406,7 @@ class Run:
             self.epoch, self.batch, self.step = ckpt.epoch, ckpt.batch, ckpt.step
             self.partial, self.history, self.best = ckpt.partial, list(ckpt.history), ckpt.best
         # (path, epoch, batch) of the newest checkpoint of this run, kept if training fails
-        self.last_good = None if ckpt is None else (ckpt.path, ckpt.epoch, ckpt.batch)
+        self.last_good = None if ckpt is None else (os.path.abspath(ckpt.path), ckpt.epoch, ckpt.batch)
         with _writing(os.path.join(self.out, CSV_NAME)):
             self.metrics = MetricsLog(self.out)
             self.metrics.truncate_after(self.step)
@@ -580,7 +588,7 @@ def set_threads(config, args, ckpt):
 def evaluate_only(config, args, ckpt, xp):
     model = build_model(config)
     load_weights(ckpt, model)
-    loaders, files = load_loaders(config, args.data_dir, xp, splits=("test",))
+    loaders, files = load_loaders(config, config["data_dir"], xp, splits=("test",))
     config["data_files"] = files
     val = evaluate(model, loaders["val"], config["loss"])
     test = evaluate(model, loaders["test"], config["loss"])
@@ -602,7 +610,7 @@ def _kept(run):
 
 
 def train(config, args, ckpt, init, xp):
-    loaders, files = load_loaders(config, args.data_dir, xp)
+    loaders, files = load_loaders(config, config["data_dir"], xp)
     if ckpt is not None and ckpt.config.get("data_files") not in (None, files):
         print(f"note: the data files differ from those checkpoint {ckpt.path} was trained on "
               "(paths or SHA-256 above)", flush=True)
