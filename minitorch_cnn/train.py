@@ -246,9 +246,14 @@ def place_outputs(config, args, ckpt):
     """Make ``config``'s out and checkpoint absolute, never over another run: a fresh run
     into a folder holding one refuses (UnusableInput) unless --overwrite, which removes
     that run's files; a default --out holding one moves on to <out>-1, -2, ... A resumed
-    run may write into its own checkpoint's folder. Then check every output writable."""
+    run may write into its own checkpoint's folder, unless it resumes that folder's best
+    checkpoint, which would go on over both. Then check every output writable."""
     out, checkpoint = os.path.abspath(config["out"]), os.path.abspath(config["checkpoint"])
     continuing = ckpt is not None and out == os.path.dirname(os.path.abspath(ckpt.path))
+    if continuing and os.path.basename(ckpt.path) == BEST_NAME:
+        raise UnusableInput(f"--resume {ckpt.path}: training on from a run's best checkpoint "
+                            "would write over that run's checkpoints; give --out NEW_FOLDER, or "
+                            "--init-from it to start a new run from its weights")
     if not continuing and holds_run(out, checkpoint):
         if args.overwrite:
             for name in OUTPUT_FILES:
@@ -311,12 +316,12 @@ def read_split(dataset, split, data_dir, files):
     return images, labels
 
 
-def load_loaders(config, data_dir, xp, splits=("train", "test")):
-    """``({"train": ..., "val": ..., "test": ...} DataLoaders, {path: sha256} of the files
-    read)``, the data moved to ``xp`` once."""
+def load_loaders(config, data_dir, xp, splits=("train", "test"), files=None):
+    """``{"train": ..., "val": ..., "test": ...}`` DataLoaders, the data moved to ``xp``
+    once; the files read are added to ``files`` (absolute path -> SHA-256) if given."""
     name, bs = config["dataset"], config["batch_size"]
     mean, std = data.NORMALIZATION[name]
-    loaders, files = {}, {}
+    loaders, files = {}, {} if files is None else files
     if "train" in splits:
         images, labels = read_split(name, "train", data_dir, files)
         n = config.get("train_subset") or len(images)
@@ -328,9 +333,18 @@ def load_loaders(config, data_dir, xp, splits=("train", "test")):
     (val_x, val_y), _ = data.validation_split(images, labels, size=min(VALIDATION_SIZE, n // 2))
     loaders["val"] = data.DataLoader(val_x, val_y, batch_size=bs, mean=mean, std=std, xp=xp)
     loaders["test"] = data.DataLoader(images, labels, batch_size=bs, mean=mean, std=std, xp=xp)
+    return loaders
+
+
+def load_run_data(config, xp, splits=("train", "test")):
+    """:func:`load_loaders` from the run's data folder; prints and records in ``config``
+    (``data_files``: ``path`` and ``sha256`` of each) the files read."""
+    files = {}
+    loaders = load_loaders(config, config["data_dir"], xp, splits, files)
     for path, digest in files.items():
         print(f"data: {path} sha256 {digest}", flush=True)
-    return loaders, [{"path": path, "sha256": digest} for path, digest in files.items()]
+    config["data_files"] = [{"path": path, "sha256": digest} for path, digest in files.items()]
+    return loaders
 
 
 # ---- filter recording -------------------------------------------------------------------------
@@ -520,7 +534,8 @@ def make_summary(config, epochs, steps, history, val, test, checkpoint, best=Non
             "checkpoint": checkpoint and os.path.abspath(checkpoint),
             "best_checkpoint": best.get("path"), "best_epoch": best.get("epoch"),
             "best_val_accuracy": best.get("val_acc"), "init_from": config.get("init_from"),
-            "out": os.path.abspath(config["out"]), "data_files": config.get("data_files", [])}
+            "out": config["out"] and os.path.abspath(config["out"]),
+            "data_files": config.get("data_files", [])}
 
 
 def print_summary(summary):
@@ -588,8 +603,7 @@ def set_threads(config, args, ckpt):
 def evaluate_only(config, args, ckpt, xp):
     model = build_model(config)
     load_weights(ckpt, model)
-    loaders, files = load_loaders(config, config["data_dir"], xp, splits=("test",))
-    config["data_files"] = files
+    loaders = load_run_data(config, xp, splits=("test",))
     val = evaluate(model, loaders["val"], config["loss"])
     test = evaluate(model, loaders["test"], config["loss"])
     summary = make_summary(config, ckpt.epoch, ckpt.step, ckpt.history, val, test, ckpt.path,
@@ -610,11 +624,10 @@ def _kept(run):
 
 
 def train(config, args, ckpt, init, xp):
-    loaders, files = load_loaders(config, config["data_dir"], xp)
-    if ckpt is not None and ckpt.config.get("data_files") not in (None, files):
+    loaders = load_run_data(config, xp)
+    if ckpt is not None and ckpt.config.get("data_files") not in (None, config["data_files"]):
         print(f"note: the data files differ from those checkpoint {ckpt.path} was trained on "
               "(paths or SHA-256 above)", flush=True)
-    config["data_files"] = files
     run = Run(config, loaders, args, ckpt=ckpt, init=init)
     n_train = loaders["train"].dataset_size
     plan = (f"epochs {run.epoch + 1}..{config['epochs']}" if run.epoch < config["epochs"]

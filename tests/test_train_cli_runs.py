@@ -156,10 +156,19 @@ def test_resume_writes_beside_the_given_checkpoint_or_to_out(data_dir, finished,
     assert_same_weights(tmp_path / "third" / "checkpoint.npz", copy / "checkpoint.npz")
 
 
-def test_resume_with_another_thread_count_says_so(finished, tmp_path):
+def dead_pid():
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_resume_with_another_thread_count_says_so_and_cleans_stale_temporaries(finished, tmp_path):
     copy = copy_run(finished[0], tmp_path / "copy")
+    stale = copy / f".checkpoint.npz.{dead_pid()}.x7y8z9w0.tmp"  # a save killed with kill -9
+    stale.write_bytes(b"PK" + bytes(1000))
     result = cli("--resume", copy / "checkpoint.npz", "--epochs", 3, "--threads", 2, "--no-progress")
     assert result.returncode == 0, result.stderr
+    assert not stale.exists()
     assert load_checkpoint(finished[0] / "checkpoint.npz").config["threads"] == 1
     notes = [line for line in result.stdout.splitlines() if line.startswith("note:")]
     assert len(notes) == 1 and "trained with 1 thread(s) and goes on with 2" in notes[0]
@@ -292,6 +301,8 @@ def test_best_checkpoint_is_kept_named_and_evaluable(data_dir, finished, tmp_pat
     result = cli("--eval-only", "--resume", out / "best.npz", "--summary-json", tmp_path / "e.json")
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "e.json").read_text())["val_accuracy"] == summary["best_val_accuracy"]
+    # Training on from best.npz in its own folder would write over that run's checkpoints.
+    one_line_error(cli("--resume", out / "best.npz", "--epochs", 3), 2, "give --out NEW_FOLDER")
 
 
 # ---- 9. what users expect of a training command ----------------------------------------------------------
