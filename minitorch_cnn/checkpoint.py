@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import backends
-# atomic_write and atomic_replace_text lived here first; callers outside this package
+# The atomic writers lived here before files.py; inspect.py, visualize.py and reference/
 # still import them from this module.
 from .files import atomic_replace_text, atomic_savez, atomic_write  # noqa: F401
 

@@ -390,12 +390,13 @@ def build_model(config):
 
 
 @contextlib.contextmanager
-def _writing(path):
-    """Turn an OSError of writing ``path`` (a full disk, say) into OutputFailed naming it."""
+def _writing(what):
+    """Turn an OSError of writing ``what`` (a path, or words naming the files) into
+    OutputFailed naming it: a full disk, say, is one line, not a traceback."""
     try:
         yield
     except OSError as e:
-        raise OutputFailed(f"cannot write {os.path.abspath(path)}: {e.strerror or e}") from None
+        raise OutputFailed(f"cannot write {what}: {e.strerror or e}") from None
 
 
 class Run:
@@ -502,7 +503,7 @@ class Run:
             with _writing(self.filters.path):
                 self.filters.save()
         if os.path.exists(self.metrics.path):
-            with _writing(os.path.join(self.out, LOSS_PNG)):
+            with _writing(f"the plots {LOSS_PNG} and {ERROR_PNG} in {self.out}"):
                 plot_metrics(self.metrics.path, self.out,
                              title=f"{self.config['model']} on {self.config['dataset']}")
 
@@ -551,7 +552,7 @@ def print_summary(summary):
 
 
 def write_summary_json(path, summary):
-    with _writing(path):
+    with _writing(os.path.abspath(path)):
         atomic_replace_text(path, json.dumps(summary, indent=2) + "\n")
 
 
