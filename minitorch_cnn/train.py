@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sys
 
@@ -20,7 +21,7 @@ from tqdm import tqdm
 
 from . import __version__, backends, data, models, nn
 from .checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
-from .files import atomic_replace_text, atomic_savez, check_writable
+from .files import atomic_replace_text, atomic_savez, atomic_write, check_writable
 from .metrics import CSV_NAME, ERROR_PNG, LOSS_PNG, MetricsLog, plot_metrics
 from .training import (NonFiniteLossError, TrainingInterrupted, evaluate,
                        interrupts_at_batch_boundaries, make_optimizer, train_epoch)
@@ -422,6 +423,8 @@ class Run:
             self.partial, self.history, self.best = ckpt.partial, list(ckpt.history), ckpt.best
         # (path, epoch, batch) of the newest checkpoint of this run, kept if training fails
         self.last_good = None if ckpt is None else (os.path.abspath(ckpt.path), ckpt.epoch, ckpt.batch)
+        if ckpt is not None:
+            self.carry_records(os.path.dirname(os.path.abspath(ckpt.path)))
         with _writing(os.path.join(self.out, CSV_NAME)):
             self.metrics = MetricsLog(self.out)
             self.metrics.truncate_after(self.step)
@@ -429,6 +432,16 @@ class Run:
         if config["record_filters"]:
             self.filters = FilterRecorder(os.path.join(self.out, FILTERS_NAME),
                                           first_conv(self.model), config["record_filters"], self.step)
+
+    def carry_records(self, source):
+        """A run resumed into another folder starts there with its metrics and filter
+        records so far (the rows after its checkpoint are dropped below), so the new
+        folder reads as the whole run."""
+        for name in (CSV_NAME, FILTERS_NAME):
+            origin, copy = os.path.join(source, name), os.path.join(self.out, name)
+            if source != self.out and os.path.isfile(origin) and not os.path.exists(copy):
+                with open(origin, "rb") as f, _writing(copy):
+                    atomic_write(copy, lambda out: shutil.copyfileobj(f, out))
 
     def save(self, epoch, batch, step, partial=None, path=None):
         path = path or self.checkpoint_path

@@ -151,6 +151,9 @@ def test_resume_writes_beside_the_given_checkpoint_or_to_out(data_dir, finished,
                  "--no-progress")
     assert result.returncode == 0, result.stderr
     assert load_checkpoint(tmp_path / "third" / "checkpoint.npz").epoch == 3
+    third_rows = read_metrics(tmp_path / "third" / "metrics.csv")  # the whole run's rows
+    assert [(r["kind"], r["step"]) for r in third_rows] == [
+        (r["kind"], r["step"]) for r in read_metrics(copy / "metrics.csv")]
     assert load_checkpoint(original / "checkpoint.npz").epoch == 2
     # The thread count was kept (1, from the checkpoint): bit-identical to the copy's run.
     assert "1 thread(s)" in result.stdout and "note:" not in result.stdout
