@@ -425,6 +425,9 @@ class Run:
         self.last_good = None if ckpt is None else (os.path.abspath(ckpt.path), ckpt.epoch, ckpt.batch)
         if ckpt is not None:
             self.carry_records(os.path.dirname(os.path.abspath(ckpt.path)))
+            if self.best is not None:  # the run's best checkpoint is the one in its folder
+                self.best = {**self.best, "path": self.best_path if os.path.isfile(self.best_path)
+                             else None}
         with _writing(os.path.join(self.out, CSV_NAME)):
             self.metrics = MetricsLog(self.out)
             self.metrics.truncate_after(self.step)
@@ -434,10 +437,10 @@ class Run:
                                           first_conv(self.model), config["record_filters"], self.step)
 
     def carry_records(self, source):
-        """A run resumed into another folder starts there with its metrics and filter
-        records so far (the rows after its checkpoint are dropped below), so the new
-        folder reads as the whole run."""
-        for name in (CSV_NAME, FILTERS_NAME):
+        """A run resumed into another folder starts there with its metrics, filter records
+        and best checkpoint so far (metrics rows after its checkpoint are dropped below), so
+        the new folder holds the whole run."""
+        for name in (CSV_NAME, FILTERS_NAME, BEST_NAME):
             origin, copy = os.path.join(source, name), os.path.join(self.out, name)
             if source != self.out and os.path.isfile(origin) and not os.path.exists(copy):
                 with open(origin, "rb") as f, _writing(copy):

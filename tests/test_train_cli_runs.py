@@ -154,6 +154,9 @@ def test_resume_writes_beside_the_given_checkpoint_or_to_out(data_dir, finished,
     third_rows = read_metrics(tmp_path / "third" / "metrics.csv")  # the whole run's rows
     assert [(r["kind"], r["step"]) for r in third_rows] == [
         (r["kind"], r["step"]) for r in read_metrics(copy / "metrics.csv")]
+    for folder in (copy, tmp_path / "third"):  # each names the best checkpoint in its own folder
+        assert load_checkpoint(folder / "checkpoint.npz").best["path"] == str(folder / "best.npz")
+        assert (folder / "best.npz").is_file()
     assert load_checkpoint(original / "checkpoint.npz").epoch == 2
     # The thread count was kept (1, from the checkpoint): bit-identical to the copy's run.
     assert "1 thread(s)" in result.stdout and "note:" not in result.stdout
