@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import backends
+from . import backends, models
 # The atomic writers lived here before files.py; inspect.py, visualize.py and reference/
 # still import them from this module.
-from .files import atomic_replace_text, atomic_savez, atomic_write  # noqa: F401
+from .files import atomic_savez
 
 FORMAT_VERSION = 1
 MODEL_PREFIX = "model/"
@@ -199,8 +199,6 @@ def load_weights(ckpt, model, optimizer=None):
 def load_model(path, backend=None):
     """Build the checkpoint's model (``models.get_model(config["model"])``) on ``backend``
     (default: the active one) and load its weights. Returns ``(model, checkpoint)``."""
-    from . import models  # the zoo imports the engine; keep checkpoint importable without it
-
     ckpt = load_checkpoint(path)
     name = ckpt.config.get("model")
     if name is None:

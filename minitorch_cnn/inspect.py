@@ -37,7 +37,8 @@ import numpy as np
 import minitorch_cnn as mt
 
 from . import html_page, visualize
-from .checkpoint import atomic_replace_text, load_model
+from .checkpoint import load_model
+from .files import atomic_replace_text
 from .data import (DATASETS, NORMALIZATION, DataLoader, DatasetNotFoundError, class_names,
                    load_dataset)
 from .metrics import CSV_NAME, ERROR_PNG, LOSS_PNG, read_metrics
