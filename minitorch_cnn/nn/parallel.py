@@ -100,11 +100,12 @@ class DistributedDataParallel(Module):
 
 def _buckets(params, cap_bytes):
     """Consecutive parameters grouped into lists of ``(param, start, stop)`` slots of one
-    flat buffer each, a bucket closing once it holds ``cap_bytes`` or the dtype changes."""
+    flat buffer each; a parameter that would take its bucket past ``cap_bytes``, or is of
+    another dtype, starts the next."""
     buckets, current, size = [], [], 0
     for p in params:
         n = int(np.prod(p.shape))
-        if current and (size * p.dtype.itemsize >= cap_bytes or p.dtype != current[0][0].dtype):
+        if current and ((size + n) * p.dtype.itemsize > cap_bytes or p.dtype != current[0][0].dtype):
             buckets.append(current)
             current, size = [], 0
         current.append((p, size, size + n))
