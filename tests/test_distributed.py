@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import minitorch_cnn as mt
+from minitorch_cnn.checkpoint import load_checkpoint
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -45,24 +46,35 @@ def _why_no_mpi():
 needs_mpi = pytest.mark.skipif(_why_no_mpi() is not None, reason=str(_why_no_mpi()))
 
 
-def launch(n, scenario, out, *extra):
-    """Run ``n`` ranks of ``scenario``; returns (returncode, stderr, seconds)."""
+def start(n, *program):
+    """``mpiexec -n n python -m mpi4py PROGRAM...`` in a session of its own, output piped."""
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
                # Open MPI refuses root without these; test traffic stays on this machine.
                OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                OMPI_MCA_btl="self,sm", OMPI_MCA_btl_tcp_if_include="lo")
     command = [_mpiexec(), "-n", str(n), "--oversubscribe", "--bind-to", "none", sys.executable,
-               "-m", "mpi4py", os.path.join(HERE, "distributed_ranks.py"), scenario, str(out), *map(str, extra)]
-    started = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, start_new_session=True)
+               "-m", "mpi4py", *map(str, program)]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+
+
+def finish(process, what):
+    """(returncode, stdout, stderr) of ``process``, killed and failed past the time limit."""
     try:
-        _, stderr = process.communicate(timeout=LAUNCH_TIMEOUT_S)
+        stdout, stderr = process.communicate(timeout=LAUNCH_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.communicate()
-        pytest.fail(f"{n} ranks of {scenario!r} did not finish within {LAUNCH_TIMEOUT_S} s")
-    return process.returncode, stderr, time.perf_counter() - started
+        pytest.fail(f"{what} did not finish within {LAUNCH_TIMEOUT_S} s")
+    return process.returncode, stdout, stderr
+
+
+def launch(n, scenario, out, *extra):
+    """Run ``n`` ranks of ``scenario``; returns (returncode, stderr, seconds)."""
+    started = time.perf_counter()
+    process = start(n, os.path.join(HERE, "distributed_ranks.py"), scenario, out, *extra)
+    code, _, stderr = finish(process, f"{n} ranks of {scenario!r}")
+    return code, stderr, time.perf_counter() - started
 
 
 def run_ranks(n, scenario, out, *extra):
@@ -146,3 +158,27 @@ def test_an_exception_in_one_rank_ends_the_whole_job_with_its_message(tmp_path):
     assert "rank 1 fails on purpose at step 3" in stderr
     assert seconds < 60  # rank 0 waits in an all-reduce: without the abort, until killed
     assert not (tmp_path / "rank0.npz").exists()
+
+
+def _fashion_mnist_here():
+    return mt.data.find_dataset("fashion-mnist", "train") and mt.data.find_dataset("fashion-mnist", "test")
+
+
+@needs_mpi
+@pytest.mark.skipif(not _fashion_mnist_here(), reason="Fashion-MNIST is not on this machine")
+def test_the_example_loop_stops_every_rank_on_a_signal_and_resumes_at_another_count(tmp_path):
+    example = os.path.join(ROOT, "examples", "train_distributed.py")
+    flags = ["--model", "lenet", "--train-subset", "1000", "--epochs", "2"]
+    process = start(2, example, *flags, "--out", tmp_path)
+    assert process.stdout.readline().startswith("training lenet on 2 rank(s)")
+    os.kill(process.pid, signal.SIGUSR1)  # mpiexec forwards it to every rank
+    code, stdout, stderr = finish(process, "the example at 2 ranks")
+    assert code != 0 and "stopped after step" in stdout, stderr[-3000:]
+    stopped = load_checkpoint(tmp_path / "checkpoint.npz")
+    assert (stopped.epoch, stopped.batch) < (2, 0) and stopped.step >= 1
+    code, stdout, stderr = finish(start(3, example, "--resume", tmp_path / "checkpoint.npz", "--epochs", "2"),
+                                  "the example resumed at 3 ranks")
+    assert code == 0, stderr[-3000:]
+    done = load_checkpoint(tmp_path / "checkpoint.npz")
+    assert (done.epoch, done.batch, done.step) == (2, 0, 20)
+    assert "validation accuracy" in stdout
