@@ -23,6 +23,7 @@ import sys
 import time
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 import minitorch_cnn as mt
 import minitorch_cnn.distributed as dist
@@ -95,6 +96,8 @@ def main(argv=None):
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
         signal.signal(signum, lambda *_: _stop_requested.__setitem__(0, True))
     mt.set_num_threads(args.threads)
+    # BLAS too: with one engine thread, its products would otherwise take every core.
+    threadpool_limits(limits=args.threads, user_api="blas")
     rank, world = dist.get_rank(), dist.get_world_size()
     say = print if rank == 0 else (lambda *a, **k: None)
     resumed = load_checkpoint(args.resume) if args.resume else None
