@@ -11,13 +11,11 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import minitorch_cnn as mt  # noqa: E402
-import minitorch_cnn.distributed as dist  # noqa: E402
-import minitorch_cnn.nn as nn  # noqa: E402
-from minitorch_cnn import models, optim  # noqa: E402
-from minitorch_cnn.training import loss_function, step_seed  # noqa: E402
+import minitorch_cnn as mt
+import minitorch_cnn.distributed as dist
+import minitorch_cnn.nn as nn
+from minitorch_cnn import models, optim
+from minitorch_cnn.training import loss_function, step_seed
 
 # A 677-image set in batches of 64: every third epoch step ends in a 37-row batch, so
 # shares are uneven (22/21/21 of 64, 13/12/12 of 37 on three ranks).
@@ -41,7 +39,8 @@ def dataset():
 def train(name, world=None, rank=None, resume=None, out=None):
     """Train scenario ``name``; with ``world``, as one of that many DDP ranks (from the
     checkpoint ``resume`` where given). Returns the model's state_dict."""
-    spec, cfg = models.get_spec(name if name not in SCENARIOS else SCENARIOS[name]["model"]), SCENARIOS[name]
+    cfg = SCENARIOS[name]
+    spec = models.get_spec(cfg["model"])
     mt.manual_seed(SEED)
     model = spec.build()
     if world is not None and cfg["sync_bn"]:

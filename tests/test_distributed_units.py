@@ -169,7 +169,8 @@ def test_ddp_weights_each_share_by_its_rows_of_the_global_batch(twins):
         ddp.reduce_gradients()
     finally:
         set_batch_shard(None)
-    np.testing.assert_allclose(model.bias.grad.numpy(), [3 * 2 * 3 / 12])
+    # The local gradient 3 (three rows), weighted 3/12, summed over the two twins.
+    np.testing.assert_allclose(model.bias.grad.numpy(), [3 * (3 / 12) * 2])
 
 
 def test_ddp_buckets_by_size_and_refuses_a_step_without_reduction(twins):

@@ -61,10 +61,12 @@ class DistributedDataParallel(Module):
 
     def reduce_gradients(self, *values):
         """Replace every gradient by the weighted sum over all processes (a parameter
-        without a gradient counts as zeros), and return ``values`` (numbers or 0-d
-        arrays, such as a loss sum, a correct count, a stop flag) summed over all
-        processes, unweighted, as an array of the gradients' dtype and backend: they
-        ride in the last bucket's message."""
+        without a gradient counts as zeros): each process's weight is its share of the
+        global batch under a sharded DataLoader, else ``1 / world_size`` (PyTorch's
+        average over equal shares). Return ``values`` (numbers or 0-d arrays, such as a
+        loss sum, a correct count, a stop flag) summed over all processes, unweighted,
+        as an array of the gradients' dtype and backend: they ride in the last bucket's
+        message."""
         self._awaiting_reduce = False
         shard = current_batch_shard()
         weight = shard.weight if shard is not None else 1.0 / self._comm.size
