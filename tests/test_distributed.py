@@ -46,14 +46,14 @@ def _why_no_mpi():
 needs_mpi = pytest.mark.skipif(_why_no_mpi() is not None, reason=str(_why_no_mpi()))
 
 
-def start(n, *program):
+def start(n, *program, runner=("-m", "mpi4py")):
     """``mpiexec -n n python -m mpi4py PROGRAM...`` in a session of its own, output piped."""
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
                # Open MPI refuses root without these; test traffic stays on this machine.
                OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                OMPI_MCA_btl="self,sm", OMPI_MCA_btl_tcp_if_include="lo")
     command = [_mpiexec(), "-n", str(n), "--oversubscribe", "--bind-to", "none", sys.executable,
-               "-m", "mpi4py", *map(str, program)]
+               *runner, *map(str, program)]
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
 
@@ -69,10 +69,10 @@ def finish(process, what):
     return process.returncode, stdout, stderr
 
 
-def launch(n, scenario, out, *extra):
+def launch(n, scenario, out, *extra, runner=("-m", "mpi4py")):
     """Run ``n`` ranks of ``scenario``; returns (returncode, stderr, seconds)."""
     started = time.perf_counter()
-    process = start(n, os.path.join(HERE, "distributed_ranks.py"), scenario, out, *extra)
+    process = start(n, os.path.join(HERE, "distributed_ranks.py"), scenario, out, *extra, runner=runner)
     code, _, stderr = finish(process, f"{n} ranks of {scenario!r}")
     return code, stderr, time.perf_counter() - started
 
@@ -152,8 +152,10 @@ def test_a_checkpoint_written_at_2_ranks_resumes_at_1_and_3(tmp_path):
 
 
 @needs_mpi
-def test_an_exception_in_one_rank_ends_the_whole_job_with_its_message(tmp_path):
-    code, stderr, seconds = launch(2, "fail", tmp_path)
+@pytest.mark.parametrize("runner", [("-m", "mpi4py"), ()], ids=["python -m mpi4py", "plain python"])
+def test_an_exception_in_one_rank_ends_the_whole_job_with_its_message(runner, tmp_path):
+    # Under plain python the abort is init_process_group's exception hook.
+    code, stderr, seconds = launch(2, "fail", tmp_path, runner=runner)
     assert code != 0
     assert "rank 1 fails on purpose at step 3" in stderr
     assert seconds < 60  # rank 0 waits in an all-reduce: without the abort, until killed
