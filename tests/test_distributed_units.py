@@ -277,3 +277,15 @@ def test_nccl_picks_the_gpu_by_local_rank_and_reduces_on_the_current_stream():
 def test_nccl_refuses_more_processes_on_a_node_than_gpus():
     with pytest.raises(RuntimeError, match="at most one process per GPU"):
         NCCLCommunicator(FakeWorld(rank=2, size=3, local=2), cupy=FakeCupy, nccl=FakeNccl)
+
+
+# ---- the benchmark's alpha-beta model ---------------------------------------------------------
+def test_the_alpha_beta_fit_recovers_latency_and_bandwidth_and_the_ring_costs_2_p_minus_1_steps():
+    from benchmarks.distributed import alpha_beta, ring_allreduce
+    alpha, beta = 5e-6, 1 / 2e9
+    measured = {str(b): alpha + b * beta for b in (4, 1 << 10, 1 << 17, 1 << 20, 1 << 24)}
+    measured[str(1 << 24)] *= 10  # past 1 MB the fit ignores protocol switches
+    fitted = alpha_beta(measured)
+    np.testing.assert_allclose(fitted, (alpha, beta), rtol=1e-6)
+    assert ring_allreduce(2, 1000, alpha, beta) == pytest.approx(2 * (alpha + 500 * beta))
+    assert ring_allreduce(64, 0, alpha, beta) == pytest.approx(126 * alpha)
