@@ -10,7 +10,7 @@ communicates.
 """
 from collections import namedtuple
 
-__all__ = ["BatchShard", "shard_bounds", "current_batch_shard", "set_batch_shard"]
+__all__ = ["BatchShard", "shard_bounds", "current_batch_shard", "set_batch_shard", "share_weight"]
 
 
 class BatchShard(namedtuple("BatchShard", ["start", "stop", "total"])):
@@ -44,3 +44,10 @@ def current_batch_shard():
 
 def set_batch_shard(shard):
     _current[0] = shard
+
+
+def share_weight(world_size):
+    """This process's weight in a mean over the global batch: its share of the batch
+    being computed, or ``1 / world_size`` (equal shares) outside sharded loading."""
+    shard = _current[0]
+    return shard.weight if shard is not None else 1.0 / world_size

@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import distributed
 from ..autograd import is_grad_enabled
-from ..distributed.shard import current_batch_shard
+from ..distributed.shard import share_weight
 from ..tensor import Tensor
 from .modules import Module
 
@@ -68,8 +68,7 @@ class DistributedDataParallel(Module):
         as an array of the gradients' dtype and backend: they ride in the last bucket's
         message."""
         self._awaiting_reduce = False
-        shard = current_batch_shard()
-        weight = shard.weight if shard is not None else 1.0 / self._comm.size
+        weight = share_weight(self._comm.size)
         totals = None
         for i, bucket in enumerate(self._buckets):
             extra = len(values) if i == len(self._buckets) - 1 else 0

@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import backends, distributed
 from ..autograd import Function
-from ..distributed.shard import current_batch_shard
+from ..distributed.shard import share_weight
 from . import functional as F
 from .modules import BatchNorm2d
 
@@ -69,14 +69,11 @@ class SyncBatchNormFunction(Function):
         g_xhat_sum = (g * xhat).sum(axis=_AXES, dtype=np.float64)
         # g is this process's gradient of its own mean loss; the weight puts it on the
         # scale of the global batch's mean loss before the processes' sums are added.
-        weight = 1.0
+        sums, weight = xp.concatenate([g_sum, g_xhat_sum]), 1.0
         if self.world is not None:
-            shard = current_batch_shard()
-            weight = shard.weight if shard is not None else 1.0 / self.world.size
-            sums = xp.concatenate([g_sum, g_xhat_sum]) * weight
+            weight = share_weight(self.world.size)
+            sums *= weight
             self.world.all_reduce(sums, "sum")
-        else:
-            sums = xp.concatenate([g_sum, g_xhat_sum])
         # Back on this process's scale: divide the global means by the weight.
         mean_g = (sums[:channels] / (self.count * weight)).astype(g.dtype)
         mean_g_xhat = (sums[channels:] / (self.count * weight)).astype(g.dtype)
