@@ -15,9 +15,10 @@ $(VENV)/.runtime: setup.py
 	$(PY) -m pip install -q -e .
 	touch $@
 
-# torch/torchvision are pinned in setup.py's `reference` extra (2.14.1 / 0.29.1).
+# torch/torchvision are pinned in setup.py's `reference` extra (2.14.1 / 0.29.1); `mpi-local`
+# brings mpi4py and Open MPI's wheel for the data-parallel tests.
 $(VENV)/.test: $(VENV)/.runtime
-	$(PY) -m pip install -q -e '.[test,reference,bench]'
+	$(PY) -m pip install -q -e '.[test,reference,bench,mpi-local]'
 	touch $@
 
 setup-runtime: $(VENV)/.runtime data
