@@ -7,7 +7,7 @@ and return NCHW-shaped *views* of that memory, so a chain of them never transpos
 """
 from .. import backends
 from ..autograd import Function
-from ..distributed.shard import current_batch_shard
+from ..data.shard import current_batch_shard
 from ..tensor import Tensor
 
 
