@@ -14,7 +14,7 @@ import minitorch_cnn.nn as nn
 import minitorch_cnn.nn.functional as F
 from minitorch_cnn import models
 from minitorch_cnn.distributed.nccl import NCCLCommunicator
-from minitorch_cnn.distributed.shard import BatchShard, current_batch_shard, set_batch_shard
+from minitorch_cnn.data.shard import BatchShard, current_batch_shard, set_batch_shard
 
 
 def test_importing_the_engine_and_its_distributed_package_imports_no_mpi():

@@ -6,7 +6,7 @@ caller, so the whole dataset can live on the GPU.
 
 import numpy as np
 
-from ..distributed.shard import BatchShard, set_batch_shard, shard_bounds
+from .shard import BatchShard, set_batch_shard, shard_bounds
 
 __all__ = ["DataLoader", "validation_split"]
 
@@ -39,7 +39,7 @@ class DataLoader:
 
     For data-parallel training, ``num_replicas`` processes each pass their own ``rank``:
     ``batch_size`` stays the global batch, and each process gets its contiguous share
-    of every global batch (``distributed.shard_bounds``; sizes differ by at most one),
+    of every global batch (``shard.shard_bounds``; sizes differ by at most one),
     so all processes together see exactly the batches of one unsharded loader. While a
     batch is out, its share is published (``distributed.current_batch_shard``) for
     dropout and the gradient all-reduce.

@@ -11,9 +11,9 @@ launcher::
 Importing this package imports neither mpi4py nor CuPy; :func:`init_process_group` does.
 ``nn.parallel.DistributedDataParallel`` and ``nn.SyncBatchNorm`` build on these calls,
 and a ``DataLoader`` with ``num_replicas``/``rank`` gives each process its share of
-every global batch (``shard.py``).
+every global batch (``data/shard.py``).
 """
-from .shard import BatchShard, current_batch_shard, shard_bounds
+from ..data.shard import BatchShard, current_batch_shard, shard_bounds
 
 __all__ = ["ReduceOp", "init_process_group", "is_initialized", "get_rank", "get_world_size",
            "all_reduce", "broadcast", "barrier", "destroy_process_group", "get_communicator",

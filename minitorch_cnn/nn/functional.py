@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import backends
 from ..autograd import Function
-from ..distributed.shard import current_batch_shard
+from ..data.shard import current_batch_shard
 from ..tensor import Cast, ReLU, Tensor, wrap_dim
 
 

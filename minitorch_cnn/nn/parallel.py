@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import distributed
 from ..autograd import is_grad_enabled
-from ..distributed.shard import share_weight
+from ..data.shard import share_weight
 from ..tensor import Tensor
 from .modules import Module
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import backends, distributed
 from ..autograd import Function
-from ..distributed.shard import share_weight
+from ..data.shard import share_weight
 from . import functional as F
 from .modules import BatchNorm2d
 
