@@ -15,6 +15,9 @@ import io
 import math
 import os
 
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
 from .files import atomic_replace_text, atomic_write
 
 COLUMNS = ("kind", "epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc",
@@ -97,9 +100,6 @@ def read_metrics(path):
 
 # ---- plots -------------------------------------------------------------------------------
 def _figure():
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(7, 4.5), dpi=100)
     FigureCanvasAgg(fig)
     return fig, fig.add_subplot(1, 1, 1)

@@ -18,16 +18,6 @@ LAZY_BY_DESIGN = {
     ("distributed/__init__.py", "distributed.mpi"): "mpi.py imports mpi4py, and importing mpi4py starts "
                                                     "MPI: only init_process_group() may",
 }
-# Imports inside functions in modules outside the core's change (issue 15 item 5): their
-# owners move each to the top of its module, or into LAZY_BY_DESIGN with its reason.
-# This list only shrinks.
-NOT_YET_AT_MODULE_LEVEL = {
-    ("backends/host.py", "threadpoolctl"),
-    ("metrics.py", "matplotlib.backends.backend_agg"),
-    ("metrics.py", "matplotlib.figure"),
-    ("distributed/__init__.py", "backends"),
-    ("distributed/__init__.py", "distributed.nccl"),
-}
 
 
 def _modules():
@@ -77,7 +67,7 @@ def _function_level_imports():
 
 
 def test_no_import_inside_a_function():
-    allowed = set(LAZY_BY_DESIGN) | NOT_YET_AT_MODULE_LEVEL
+    allowed = set(LAZY_BY_DESIGN)
     hidden = [f"minitorch_cnn/{path}:{line} imports {name}"
               for path, name, line in _function_level_imports() if (path, name) not in allowed]
     assert not hidden, "imports inside functions (move them to the top of the module):\n" + "\n".join(hidden)
@@ -85,7 +75,7 @@ def test_no_import_inside_a_function():
 
 def test_allow_lists_only_name_imports_that_still_exist():
     present = {(path, name) for path, name, _ in _function_level_imports()}
-    stale = (set(LAZY_BY_DESIGN) | NOT_YET_AT_MODULE_LEVEL) - present
+    stale = set(LAZY_BY_DESIGN) - present
     assert not stale, f"no longer inside a function, drop from the allow-lists: {sorted(stale)}"
 
 

@@ -173,19 +173,9 @@ ALL = REDUCTIONS + ELEMENTWISE + SHAPES + LAYERS + _softmax_cases()
 DTYPES = {"float32": (np.float32, 1e-5), "float64": (np.float64, 1e-10)}
 
 
-# Rows that the NumPy (host) backend gets wrong, with the fix: strict, so each fails once fixed.
-BACKEND_BUGS = {
-    ("relu_0d", "float64"): "HostBackend.kernels_for checks np.ndarray arguments only, so 0-d float64 "
-                            "NumPy scalars (np.generic) reach the float32 C relu_backward; fix: "
-                            "isinstance(a, (np.ndarray, np.generic)) in backends/host.py",
-}
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", ALL, ids=[c[0] for c in ALL])
-def test_op_against_pytorch(case, dtype, request):
-    if (case[0], dtype) in BACKEND_BUGS and mt.get_backend().name == "numpy":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=BACKEND_BUGS[case[0], dtype]))
+def test_op_against_pytorch(case, dtype):
     _, shapes, torch_fn, mt_fn, options = case
     np_dtype, tol = DTYPES[dtype]
     options = dict(options)

@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from . import host_kernels
 from .host_memory import keep_freed_memory
@@ -517,8 +518,8 @@ class HostBackend(Backend):
                     warnings.warn(f"minitorch_cnn: the NumPy backend's C kernels are unavailable ({exc}); "
                                   f"convolutions, pooling, col2im, ReLU and BatchNorm run slower NumPy code",
                                   RuntimeWarning, stacklevel=3)
-        if self.kernels is None or any(isinstance(a, np.ndarray) and a.dtype.kind == "f" and a.dtype != np.float32
-                                       for a in args):
+        if self.kernels is None or any(isinstance(a, (np.ndarray, np.generic)) and a.dtype.kind == "f"
+                                       and a.dtype != np.float32 for a in args):
             return None
         return self.kernels
 
@@ -718,6 +719,4 @@ def _product_dims(a, b):
 
 def _blas_controllers():
     """threadpoolctl's handles on the BLAS libraries NumPy loaded."""
-    from threadpoolctl import ThreadpoolController
-
     return ThreadpoolController().select(user_api="blas").lib_controllers

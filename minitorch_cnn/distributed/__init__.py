@@ -13,7 +13,9 @@ Importing this package imports neither mpi4py nor CuPy; :func:`init_process_grou
 and a ``DataLoader`` with ``num_replicas``/``rank`` gives each process its share of
 every global batch (``data/shard.py``).
 """
+from .. import backends
 from ..data.shard import BatchShard, current_batch_shard, shard_bounds
+from .nccl import NCCLCommunicator
 
 __all__ = ["ReduceOp", "init_process_group", "is_initialized", "get_rank", "get_world_size",
            "all_reduce", "broadcast", "barrier", "destroy_process_group", "get_communicator",
@@ -36,7 +38,6 @@ def init_process_group(backend=None):
     if _group[0] is not None:
         raise RuntimeError("init_process_group() was already called in this process")
     if backend is None:
-        from .. import backends
         backend = "nccl" if backends.get_backend().name == "cupy" else "mpi"
     if backend not in ("mpi", "nccl"):
         raise ValueError(f"init_process_group: backend must be 'mpi' or 'nccl', got {backend!r}")
@@ -44,7 +45,6 @@ def init_process_group(backend=None):
     world = MPICommunicator()
     world.abort_on_uncaught_exception()
     if backend == "nccl":
-        from .nccl import NCCLCommunicator
         _group[0] = NCCLCommunicator(world)
     else:
         _group[0] = world
