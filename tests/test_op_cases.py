@@ -183,3 +183,78 @@ def test_max_pool_through_the_cuda_kernels_matches_the_reference(host_library, c
         assert ("max_pool" in be.launches) == (window.dh * window.dw == 1), be.launches
         for a, b in zip(got, _max_pool_all(REFERENCE, x, window)):
             np.testing.assert_array_equal(a, b)
+
+
+# ------------------------------------------------------------- 4. what PyTorch refuses
+def _t(*shape):
+    return mt.tensor(np.ones(shape, np.float32))
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: F.conv2d(_t(4, 5, 5), _t(8, 3, 3, 3)), ValueError,
+     r"Given groups=1, weight of size \[8, 3, 3, 3\], expected input\[1, 4, 5, 5\] to have 3 channels, but got 4"),
+    (lambda: F.conv2d(_t(2, 3), _t(8, 3, 3, 3)), ValueError,
+     r"Expected 3D \(unbatched\) or 4D \(batched\) input to conv2d, but got input of size: \[2, 3\]"),
+    (lambda: F.conv2d(_t(1, 3, 5, 5), _t(8, 3, 3, 3), _t(5)), ValueError,
+     r"expected bias to be 1-dimensional with 8 elements, but got bias of size \[5\]"),
+    (lambda: F.conv2d(_t(1, 4, 5, 5), _t(3, 2, 3, 3), groups=2), ValueError,
+     r"Given groups=2, expected weight to be divisible by 2 at dimension 0"),
+    (lambda: F.conv2d(_t(1, 4, 5, 5), _t(4, 3, 3, 3), groups=2), ValueError,
+     r"Given groups=2, .* expected input\[1, 4, 5, 5\] to have 6 channels, but got 4"),
+    (lambda: F.conv2d(_t(1, 3, 2, 2), _t(4, 3, 3, 3)), ValueError, r"Kernel size can't be greater"),
+    (lambda: F.conv2d(_t(1, 3, 5, 5), _t(4, 3, 3, 3), dilation=3), ValueError, r"Kernel size can't be greater"),
+    (lambda: F.conv2d(_t(1, 3, 5, 5), _t(4, 3, 3, 3), stride=2, padding="same"), ValueError,
+     r"padding='same' is not supported for strided convolutions"),
+    (lambda: F.conv2d(_t(1, 3, 5, 5), _t(4, 3, 3, 3), padding="full"), ValueError, r"invalid padding string 'full'"),
+    (lambda: F.conv2d(_t(1, 3, 5, 5), _t(4, 3, 3, 3), dilation=0), ValueError, r"dilation must be positive"),
+    (lambda: F.conv2d(_t(1, 3, 5, 5), _t(4, 3, 3), padding=1), ValueError, r"weight must be 4-D"),
+    (lambda: F.max_pool2d(_t(1, 3, 5, 5), 3, padding=2), ValueError, r"pad should be at most half of kernel size"),
+    (lambda: F.max_pool2d(_t(1, 3, 2, 2), 3), ValueError, r"output size is too small"),
+    (lambda: F.max_pool2d(_t(1, 3, 5, 5), 2, dilation=0), ValueError, r"dilation must be positive"),
+    (lambda: F.max_pool2d(_t(3, 5), 2), ValueError, r"Expected 3D \(unbatched\) or 4D \(batched\) input to max_pool2d"),
+    (lambda: F.avg_pool2d(_t(1, 3, 5, 5), 3, divisor_override=0), ValueError, r"divisor_override must be a non-zero"),
+    (lambda: F.max_unpool2d(_t(1, 3, 2, 2), mt.tensor(np.full((1, 3, 2, 2), 99)), 2), IndexError,
+     r"invalid max index: 99 \(output volumes are of size 4x4\)"),
+    (lambda: F.max_unpool2d(_t(1, 3, 2, 2), _t(1, 3, 2, 2), 2), ValueError, r"expected integer indices"),
+    (lambda: mt.nn.Conv2d(3, 4, 3, groups=2), ValueError, r"in_channels must be divisible by groups"),
+    (lambda: mt.nn.Conv2d(4, 3, 3, groups=2), ValueError, r"out_channels must be divisible by groups"),
+    (lambda: mt.nn.Conv2d(4, 4, 3, padding_mode="mirror"), ValueError, r"padding_mode must be one of"),
+    (lambda: mt.nn.Conv2d(4, 4, 3, padding_mode="reflect"), NotImplementedError, r"padding_mode='reflect'"),
+    (lambda: mt.nn.Conv2d(4, 4, 3, stride=2, padding="same"), ValueError, r"not supported for strided"),
+], ids=lambda v: None)
+def test_bad_arguments_are_refused_as_pytorch_refuses_them(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_dropout2d_of_a_3d_input_drops_along_the_first_two_axes_with_pytorchs_warning():
+    x = mt.tensor(np.ones((3, 4, 50), np.float32))
+    with pytest.warns(UserWarning, match="Received a 3D input to dropout2d"):
+        out = to_numpy(F.dropout2d(x, 0.5, True))
+    kept = out[:, :, 0] != 0
+    assert 0 < kept.sum() < kept.size
+    np.testing.assert_array_equal(out, np.repeat(kept[:, :, None] * 2.0, 50, axis=2))
+
+
+def test_modules_take_the_new_options_and_keep_torch_shapes():
+    mt.manual_seed(0)
+    depthwise = mt.nn.Conv2d(4, 8, 3, padding="same", dilation=2, groups=4)
+    assert depthwise.weight.shape == torch.nn.Conv2d(4, 8, 3, groups=4).weight.shape == (8, 1, 3, 3)
+    assert depthwise(_t(2, 4, 7, 6)).shape == (2, 8, 7, 6)
+    assert depthwise(_t(4, 7, 6)).shape == (8, 7, 6)  # unbatched
+    pool = mt.nn.MaxPool2d(3, 2, 1, ceil_mode=True, return_indices=True)
+    out, indices = pool(_t(2, 4, 10, 9))
+    assert out.shape == indices.shape == (2, 4, 6, 5)
+    assert mt.nn.MaxUnpool2d(3, 2, 1)(out, indices, output_size=(10, 9)).shape == (2, 4, 10, 9)
+    assert mt.nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False, divisor_override=2)(
+        _t(4, 10, 9)).shape == (4, 6, 5)
+
+
+@pytest.mark.parametrize("option", [dict(dilation=2), dict(ceil_mode=True), dict(return_indices=True)])
+def test_a_max_pool_with_dilation_ceil_mode_or_indices_is_not_fused(option):
+    model = mt.nn.Sequential(mt.nn.BatchNorm2d(2), mt.nn.ReLU(), mt.nn.MaxPool2d(2, **option))
+    fused = mt.nn.fuse_modules(model)
+    assert type(fused[0]) is mt.nn.BatchNormReLU2d and fused[0].max_pool is None
+    assert type(fused[2]) is mt.nn.MaxPool2d
+    assert type(mt.nn.fuse_modules(mt.nn.Sequential(mt.nn.BatchNorm2d(2), mt.nn.ReLU(), mt.nn.MaxPool2d(2)))[0]
+                .max_pool) is mt.nn.MaxPool2d
