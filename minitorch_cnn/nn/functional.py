@@ -28,6 +28,8 @@ def _chwn_shape(nchw_shape):
 
 
 def _pair(value, name):
+    if type(value) is int and value >= 0:  # the common case, first: every op call parses these
+        return value, value
     pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
     if len(pair) != 2 or not all(isinstance(v, int) and v >= 0 for v in pair):
         raise ValueError(f"{name} must be a non-negative int or a pair of them, got {value!r}")
@@ -35,6 +37,8 @@ def _pair(value, name):
 
 
 def _positive_pair(value, name, op):
+    if type(value) is int and value > 0:
+        return value, value
     pair = _pair(value, name)
     if min(pair) < 1:
         raise ValueError(f"{op}: {name} must be positive, got {value!r}")
