@@ -178,12 +178,12 @@ class Backend:
         (cout, k), g = w2.shape, groups
         oh, ow = window.out_size(h, w)
         cols = self.im2col(x, window).reshape(g, k, oh * ow * n)
-        out = self.matmul(w2.reshape(g, cout // g, k), cols).reshape(cout, oh * ow * n)
+        out = self.group_matmul(w2.reshape(g, cout // g, k), cols).reshape(cout, oh * ow * n)
         if bias is not None:
             out += bias[:, None]
 
         def weight_backward(gc):
-            gw2 = self.matmul(gc.reshape(g, cout // g, oh * ow * n), cols.transpose(0, 2, 1))
+            gw2 = self.group_matmul(gc.reshape(g, cout // g, oh * ow * n), cols.transpose(0, 2, 1))
             return gw2.reshape(cout, k), (gc.sum(axis=1) if bias_grad else None)
 
         return out.reshape(cout, oh, ow, n), (weight_backward if weight_grad else None)
@@ -195,8 +195,15 @@ class Backend:
         oh, ow = window.out_size(h, w)
         (cout, k), g = w2.shape, groups
         w3 = w2.reshape(g, cout // g, k)
-        dcols = self.matmul(w3.transpose(0, 2, 1), gc.reshape(g, cout // g, oh * ow * n))
+        dcols = self.group_matmul(w3.transpose(0, 2, 1), gc.reshape(g, cout // g, oh * ow * n))
         return self.col2im(dcols.reshape(c, window.kh, window.kw, oh, ow, n), x_shape, window)
+
+    def group_matmul(self, a, b):
+        """``a[k] @ b[k]`` for each group k of two stacks of matrices; for a single group
+        the plain product, which no array module copies a transposed operand for."""
+        if a.shape[0] == 1:
+            return self.matmul(a[0], b[0])[None]
+        return self.matmul(a, b)
 
     # ---- pooling ----------------------------------------------------------------------------
     def max_pool(self, x, window):
