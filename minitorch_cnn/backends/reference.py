@@ -178,12 +178,12 @@ class Backend:
         (cout, k), g = w2.shape, groups
         oh, ow = window.out_size(h, w)
         cols = self.im2col(x, window).reshape(g, k, oh * ow * n)
-        out = self.group_matmul(w2.reshape(g, cout // g, k), cols).reshape(cout, oh * ow * n)
+        out = self._group_matmul(w2.reshape(g, cout // g, k), cols).reshape(cout, oh * ow * n)
         if bias is not None:
             out += bias[:, None]
 
         def weight_backward(gc):
-            gw2 = self.group_matmul(gc.reshape(g, cout // g, oh * ow * n), cols.transpose(0, 2, 1))
+            gw2 = self._group_matmul(gc.reshape(g, cout // g, oh * ow * n), cols.transpose(0, 2, 1))
             return gw2.reshape(cout, k), (gc.sum(axis=1) if bias_grad else None)
 
         return out.reshape(cout, oh, ow, n), (weight_backward if weight_grad else None)
@@ -195,10 +195,10 @@ class Backend:
         oh, ow = window.out_size(h, w)
         (cout, k), g = w2.shape, groups
         w3 = w2.reshape(g, cout // g, k)
-        dcols = self.group_matmul(w3.transpose(0, 2, 1), gc.reshape(g, cout // g, oh * ow * n))
+        dcols = self._group_matmul(w3.transpose(0, 2, 1), gc.reshape(g, cout // g, oh * ow * n))
         return self.col2im(dcols.reshape(c, window.kh, window.kw, oh, ow, n), x_shape, window)
 
-    def group_matmul(self, a, b):
+    def _group_matmul(self, a, b):
         """``a[k] @ b[k]`` for each group k of two stacks of matrices; for a single group
         the plain product, which no array module copies a transposed operand for."""
         if a.shape[0] == 1:
@@ -230,8 +230,7 @@ class Backend:
 
     def avg_pool(self, x, window, divisor):
         """Window sums (C, OH, OW, N) of the zero-padded input over ``divisor``: a number
-        (kh*kw: the padding counted, PyTorch's default) or one per output (OH, OW, 1)
-        (``pool_divisor``)."""
+        (kh*kw: the padding counted, PyTorch's default) or one per output (OH, OW, 1)."""
         oh, ow = window.out_size(x.shape[1], x.shape[2])
         return self.windows(self.pad(x, window), window, oh, ow).sum(axis=(1, 2)) / divisor
 
@@ -241,18 +240,6 @@ class Backend:
         share = (dout / divisor).astype(dout.dtype, copy=False)
         cols = self.xp.broadcast_to(share[:, None, None], (c, window.kh, window.kw, oh, ow, n))
         return self.col2im(cols, x_shape, window)
-
-    def pool_divisor(self, h, w, window, count_include_pad, dtype):
-        """How many elements each average-pool window over an h x w image counts, as
-        (OH, OW, 1): the window sums of an image of ones, padded with zeros; with
-        ``count_include_pad`` the padding on each side counts too, but never the extra
-        room (eh, ew) that ``ceil_mode`` gives the last window (PyTorch's rule)."""
-        xp = self.xp
-        ones = self.pad(xp.ones((1, h, w, 1), dtype=dtype), window)
-        if count_include_pad:
-            ones[:, :h + 2 * window.ph, :w + 2 * window.pw] = 1
-        oh, ow = window.out_size(h, w)
-        return self.windows(ones, window, oh, ow).sum(axis=(1, 2))[0]
 
     # ---- batch normalisation, on (C, count) rows: each channel's values in one row ----------
     # Sums over a channel accumulate in float64: a convolution's weight gradient through a

@@ -295,8 +295,20 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
     elif count_include_pad and not (window.eh or window.ew):
         divisor = window.kh * window.kw
     else:
-        divisor = x.backend.pool_divisor(x.shape[2], x.shape[3], window, count_include_pad, x.dtype)
+        divisor = _pool_counts(x.backend, x.shape[2], x.shape[3], window, count_include_pad, x.dtype)
     return _unbatched(AvgPool2d.apply(x, window=window, divisor=divisor), unbatched)
+
+
+def _pool_counts(be, h, w, window, count_include_pad, dtype):
+    """How many elements each average-pool window over an h x w image counts, as
+    (OH, OW, 1): the window sums of an image of ones, padded with zeros; with
+    ``count_include_pad`` the padding on each side counts too, but never the extra
+    room (eh, ew) that ``ceil_mode`` gives the last window (PyTorch's rule)."""
+    ones = be.pad(be.xp.ones((1, h, w, 1), dtype=dtype), window)
+    if count_include_pad:
+        ones[:, :h + 2 * window.ph, :w + 2 * window.pw] = 1
+    oh, ow = window.out_size(h, w)
+    return be.windows(ones, window, oh, ow).sum(axis=(1, 2))[0]
 
 
 # ---- dense layers and activations ----------------------------------------------------
