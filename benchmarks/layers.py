@@ -66,24 +66,26 @@ class Conv2dCase(LayerCase):
     stride: tuple = (1, 1)
     padding: tuple = (0, 0)
     bias: bool = True
+    groups: int = 1
 
     op = "conv2d"
 
     def settings(self):
-        return self.out_channels, self.kernel, self.stride, self.padding, self.bias
+        return self.out_channels, self.kernel, self.stride, self.padding, self.bias, self.groups
 
     def describe(self):
+        groups = f" g{self.groups}" if self.groups != 1 else ""
         return (f"{_dims(self.batch, self.shape)} k{_side(self.kernel)} s{_side(self.stride)} "
-                f"p{_side(self.padding)} -> {self.out_channels}")
+                f"p{_side(self.padding)}{groups} -> {self.out_channels}")
 
     def arrays(self, rng, n):
-        fan_in = self.shape[0] * self.kernel[0] * self.kernel[1]
-        w = _uniform(rng, (self.out_channels, self.shape[0]) + self.kernel, fan_in)
+        fan_in = self.shape[0] // self.groups * self.kernel[0] * self.kernel[1]
+        w = _uniform(rng, (self.out_channels, self.shape[0] // self.groups) + self.kernel, fan_in)
         b = _uniform(rng, (self.out_channels,), fan_in) if self.bias else None
         return [(self.input(rng, n), self.input_grad), (w, True), (b, True)]
 
     def call(self, F, x, w, b):
-        return F.conv2d(x, w, b, self.stride, self.padding)
+        return F.conv2d(x, w, b, self.stride, self.padding, 1, self.groups)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = ["TORCH_MODELS", "get_torch_model", "ConvNet", "MnistExample", "LeNet", "BNCNN",
-           "FC2", "SmallCNN", "CifarLeNet", "VGGBN", "VGG_CONFIG"]
+           "FC2", "SmallCNN", "CifarLeNet", "VGGBN", "VGG_CONFIG", "MobileCNN", "MOBILE_BLOCKS"]
 
 
 class ConvNet(nn.Module):
@@ -174,6 +174,34 @@ class VGGBN(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
+MOBILE_BLOCKS = ((16, 32, 2), (32, 64, 2), (64, 64, 1), (64, 128, 2))
+
+
+def depthwise_separable(in_channels, out_channels, stride):
+    return nn.Sequential(
+        nn.Conv2d(in_channels, in_channels, kernel_size=3, stride=stride, padding=1, groups=in_channels,
+                  bias=False),
+        nn.BatchNorm2d(in_channels), nn.ReLU(inplace=True),
+        nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False), nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True))
+
+
+class MobileCNN(nn.Module):
+    """A small MobileNet (v1): stem, depthwise-separable blocks, global average pool, fc."""
+
+    def __init__(self, in_channels=1, blocks=MOBILE_BLOCKS):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, blocks[0][0], kernel_size=3, padding=1, bias=False),
+                                  nn.BatchNorm2d(blocks[0][0]), nn.ReLU(inplace=True))
+        self.blocks = nn.Sequential(*[depthwise_separable(*block) for block in blocks])
+        self.classifier = nn.Linear(blocks[-1][1], 10)
+
+    def forward(self, x):
+        x = self.blocks(self.stem(x))
+        x = F.adaptive_avg_pool2d(x, 1)
+        return self.classifier(torch.flatten(x, 1))
+
+
 #: Builders by zoo name, in ``minitorch_cnn.models.MODELS``'s order.
 TORCH_MODELS = {
     "convnet": ConvNet,
@@ -185,6 +213,8 @@ TORCH_MODELS = {
     "small-cnn": SmallCNN,
     "cifar-lenet": CifarLeNet,
     "vgg-bn": VGGBN,
+    "mobile-cnn": MobileCNN,
+    "mobile-cnn-cifar": partial(MobileCNN, in_channels=3),
 }
 
 

@@ -183,7 +183,7 @@ def _pool_input(rng, shape, values, dtype):
 def _first_argmax(be, x, out, window):
     """Offset i*kw + j of each window's first maximum, from the window view."""
     c, oh, ow, n = out.shape
-    win = be.windows(be.pad(x, window.ph, window.pw, -np.inf), window, oh, ow)
+    win = be.windows(be.pad(x, window, -np.inf), window, oh, ow)
     hits = (win == out[:, None, None]).reshape(c, window.kh * window.kw, oh, ow, n)
     return hits.argmax(axis=1).astype(np.uint8)
 

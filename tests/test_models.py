@@ -14,7 +14,7 @@ import minitorch_cnn as mt
 from minitorch_cnn.models import MODELS, ModelSpec, get_model, get_spec
 
 ZOO = ["convnet", "mnist-example", "lenet", "lenet3", "bn-cnn", "fc2", "small-cnn",
-       "cifar-lenet", "vgg-bn"]
+       "cifar-lenet", "vgg-bn", "mobile-cnn", "mobile-cnn-cifar"]
 
 
 def conv(cin, cout, k):
@@ -38,6 +38,15 @@ def vgg_bn_count():
     return total + linear(512, 10)
 
 
+def mobile_cnn_count(in_channels):
+    """Stem conv and BatchNorm, then per block a depthwise 3x3 conv (9 weights per
+    channel), a pointwise 1x1 conv, two BatchNorms; no conv biases; fc(128->10)."""
+    total = 16 * in_channels * 9 + batchnorm(16)
+    for cin, cout in ((16, 32), (32, 64), (64, 64), (64, 128)):
+        total += cin * 9 + batchnorm(cin) + cin * cout + batchnorm(cout)
+    return total + linear(128, 10)
+
+
 # Trainable parameters, counted from the architectures as the issue states them.
 EXPECTED_PARAMETERS = {
     "convnet": conv(1, 4, 5) + conv(4, 8, 5) + linear(392, 512) + linear(512, 10),
@@ -51,6 +60,8 @@ EXPECTED_PARAMETERS = {
     "small-cnn": conv(1, 8, 5) + conv(8, 16, 5) + linear(256, 10),
     "cifar-lenet": conv(3, 6, 5) + conv(6, 16, 5) + linear(400, 120) + linear(120, 84) + linear(84, 10),
     "vgg-bn": vgg_bn_count(),
+    "mobile-cnn": mobile_cnn_count(1),
+    "mobile-cnn-cifar": mobile_cnn_count(3),
 }
 
 # Shapes of retrieve_features' maps for a batch of 2 (each conv's output after its ReLU).

@@ -71,8 +71,10 @@ def launch_blocks(total):
 
 def _geometry(x_shape, window, oh, ow):
     """The (C, H, W, N, kh, kw, sh, sw, ph, pw, OH, OW) arguments every kernel takes, as the
-    C ``int``s the kernels declare (a Python int would be passed as a 64-bit value)."""
-    return tuple(np.int32(v) for v in (*x_shape, *window, oh, ow))
+    C ``int``s the kernels declare (a Python int would be passed as a 64-bit value). The
+    kernels bound-check every window, so the extra bottom/right padding of ``ceil_mode``
+    and ``padding="same"`` needs only OH and OW; dilation they do not take."""
+    return tuple(np.int32(v) for v in (*x_shape, *window[:6], oh, ow))
 
 
 def cuda_kernel(kernel):
@@ -121,6 +123,11 @@ class CupyBackend(Backend):
             self.kernel(kernel, dtype)((launch_blocks(total),), (THREADS_PER_BLOCK,), args)
 
     @staticmethod
+    def dilated(window):
+        """Whether ``window`` is dilated, which no CUDA kernel here takes."""
+        return window.dh * window.dw != 1
+
+    @staticmethod
     def has_kernel(dtype, *sizes):
         """Whether the CUDA kernels take a call: float32/float64, and arrays of these
         sizes all indexable with 32-bit integers."""
@@ -132,7 +139,7 @@ class CupyBackend(Backend):
         c, h, w, n = x.shape
         oh, ow = window.out_size(h, w)
         shape = (c, window.kh, window.kw, oh, ow, n)
-        if not self.has_kernel(x.dtype, x.size, math.prod(shape)):
+        if self.dilated(window) or not self.has_kernel(x.dtype, x.size, math.prod(shape)):
             return super().im2col(x, window)
         x = self.xp.ascontiguousarray(x)
         cols = self.xp.empty(shape, dtype=x.dtype)
@@ -143,7 +150,7 @@ class CupyBackend(Backend):
     def col2im(self, cols, x_shape, window):
         _, _, _, oh, ow, _ = cols.shape
         dx_size = math.prod(x_shape)
-        if not self.has_kernel(cols.dtype, cols.size, dx_size):
+        if self.dilated(window) or not self.has_kernel(cols.dtype, cols.size, dx_size):
             return super().col2im(cols, x_shape, window)
         cols = self.xp.ascontiguousarray(cols)
         dx = self.xp.empty(x_shape, dtype=cols.dtype)
@@ -155,7 +162,8 @@ class CupyBackend(Backend):
         c, h, w, n = x.shape
         oh, ow = window.out_size(h, w)
         shape = (c, oh, ow, n)
-        if window.kh * window.kw > MAX_POOL_WINDOW_LIMIT or not self.has_kernel(x.dtype, x.size, math.prod(shape)):
+        if (window.kh * window.kw > MAX_POOL_WINDOW_LIMIT or self.dilated(window)
+                or not self.has_kernel(x.dtype, x.size, math.prod(shape))):
             return super().max_pool(x, window)
         x = self.xp.ascontiguousarray(x)
         out = self.xp.empty(shape, dtype=x.dtype)
@@ -166,7 +174,7 @@ class CupyBackend(Backend):
 
     @cuda_kernel("max_pool_backward")
     def max_pool_backward(self, dout, arg, x_shape, window):
-        if arg.dtype != np.uint8 or not self.has_kernel(dout.dtype, dout.size, math.prod(x_shape)):
+        if arg.dtype != np.uint8 or self.dilated(window) or not self.has_kernel(dout.dtype, dout.size, math.prod(x_shape)):
             return super().max_pool_backward(dout, arg, x_shape, window)
         _, oh, ow, _ = dout.shape
         dout = self.xp.ascontiguousarray(dout)

@@ -325,10 +325,14 @@ class HostBackend(Backend):
 
     # ---- convolution: C kernels for small ones, cache-sized blocks of columns for the rest ----
     @implemented_by("C: `kernels/conv.c` (small); cache-blocked columns")
-    def conv2d(self, x, w2, bias, window, weight_grad=False, bias_grad=False):
+    def conv2d(self, x, w2, bias, window, groups=1, weight_grad=False, bias_grad=False):
         """A small convolution (``_small_conv``) by the C kernel ``conv_forward``, split by
         output rows, and its weight's gradient by ``conv_weight_grad`` from the padded input
-        (the columns are never written); other convolutions by ``_column_conv2d``."""
+        (the columns are never written); other ungrouped convolutions by
+        ``_column_conv2d``; grouped ones by the reference body (its stack of products by
+        ``matmul``'s threads)."""
+        if groups != 1:
+            return super().conv2d(x, w2, bias, window, groups, weight_grad, bias_grad)
         lib = self._small_conv(x.shape[0], w2, window, x, bias)
         if lib is None:
             return self._column_conv2d(x, w2, bias, window, weight_grad, bias_grad)
@@ -341,7 +345,7 @@ class HostBackend(Backend):
             return out, None
 
         def weight_backward(gc):
-            xpad, gc = np.ascontiguousarray(self.pad(x, window.ph, window.pw)), np.ascontiguousarray(gc)
+            xpad, gc = np.ascontiguousarray(self.pad(x, window)), np.ascontiguousarray(gc)
             gw2 = np.empty((cout, k), dtype=np.float64)  # the kernel sums in double
             gb = np.empty(cout, dtype=np.float64) if bias_grad else None
             geometry = (c, *xpad.shape[1:3], n, cout, window.kh, window.kw, oh, ow)
@@ -355,14 +359,16 @@ class HostBackend(Backend):
         return out, weight_backward
 
     @implemented_by("C: `kernels/conv.c` (small); cache-blocked columns")
-    def conv2d_input_grad(self, w2, gc, x_shape, window):
+    def conv2d_input_grad(self, w2, gc, x_shape, window, groups=1):
         """For a small convolution with padding below its kernel: the stride-1 convolution
         of the output's gradient, padded by kh-1-ph and kw-1-pw, with the kernel flipped
         and its input and output channels swapped, by ``conv_forward`` (which skips the
-        padding's zeros); else ``_column_input_grad``."""
+        padding's zeros); else ``_column_input_grad``; grouped ones by the reference body."""
+        if groups != 1:
+            return super().conv2d_input_grad(w2, gc, x_shape, window, groups)
         c, h, w, n = x_shape
         cout = w2.shape[0]
-        kh, kw, _, _, ph, pw = window
+        kh, kw, _, _, ph, pw = window[:6]
         oh, ow = window.out_size(h, w)
         lib = self._small_conv(c, w2, window, gc)
         if lib is None or ph >= kh or pw >= kw:
@@ -374,9 +380,11 @@ class HostBackend(Backend):
 
     def _small_conv(self, channels, w2, window, *arrays):
         """The C kernels if a convolution of ``channels`` input channels by ``w2`` reads its
-        columns in place: float32, stride 1, at most SMALL_CONV_CHANNELS channels in and out."""
+        columns in place: float32, stride 1, at most SMALL_CONV_CHANNELS channels in and out,
+        no dilation and the same padding on both sides (the kernel's geometry)."""
         lib = self.kernels_for(w2, *arrays)
-        if lib is None or (window.sh, window.sw) != (1, 1) or max(channels, w2.shape[0]) > self.SMALL_CONV_CHANNELS:
+        if (lib is None or (window.sh, window.sw) != (1, 1) or max(channels, w2.shape[0]) > self.SMALL_CONV_CHANNELS
+                or window[6:] != (1, 1, 0, 0)):
             return None
         return lib
 
@@ -406,7 +414,7 @@ class HostBackend(Backend):
         shape = (c, window.kh, window.kw, oh, ow, n)
         cols, kept = self._columns(shape, x.dtype, bias_grad) if weight_grad else (None, None)
         backward = None if kept is None else self._weight_backward(kept, k, bias_grad)
-        win = self.windows(self.pad(x, window.ph, window.pw), window, oh, ow)
+        win = self.windows(self.pad(x, window), window, oh, ow)
         if rows is None:
             cols = self.xp.empty(shape, dtype=x.dtype) if cols is None else cols
             # Copied by channel; a one-channel input (a first layer) by kernel row instead.
@@ -478,7 +486,7 @@ class HostBackend(Backend):
         columns' gradient (kh*kw times the input's size) never goes to memory; the blocks'
         additions overlap by a few rows, so ``parallel`` splits by channel."""
         c, h, w, n = x_shape
-        kh, kw, sh, _, ph, pw = window
+        kh, kw, sh, _, ph, pw = window[:6]
         cout = gc.shape[0]
         oh, ow = window.out_size(h, w)
         rows = self._rows_per_block(oh, c * kh * kw * gc.shape[1] * gc.dtype.itemsize)
@@ -486,7 +494,7 @@ class HostBackend(Backend):
             dcols = self.matmul(w2.T, gc).reshape(c, kh, kw, oh, ow, n)
             return self.col2im(dcols, x_shape, window)
         by_row = gc.reshape(cout, oh, -1)
-        dx = np.zeros((c, h + 2 * ph, w + 2 * pw, n), dtype=gc.dtype)
+        dx = np.zeros((c, h + 2 * ph + window.eh, w + 2 * pw + window.ew, n), dtype=gc.dtype)
 
         def scatter(c0, c1):
             weights = w2.T[c0 * kh * kw:c1 * kh * kw]
@@ -528,7 +536,7 @@ class HostBackend(Backend):
         """A gather per pixel instead of a pass per window offset; split by channel."""
         _, kh, kw, oh, ow, n = cols.shape
         item = cols.itemsize
-        if cols.strides[4:] != (n * item, item) or dx.strides[2:] != (n * item, item):
+        if cols.strides[4:] != (n * item, item) or dx.strides[2:] != (n * item, item) or window.dh * window.dw != 1:
             return NotImplemented
         c, h, w, _ = dx.shape
         rows = min(h, (oh - 1) * window.sh + kh)  # the rows any window covers
@@ -539,28 +547,28 @@ class HostBackend(Backend):
 
     @c_kernel("max_pool.c")
     def max_pool(self, lib, x, window):
-        """Window maxima and their argmax in one pass."""
-        if window.kh * window.kw > 256:  # a uint8 offset
+        """Window maxima and their argmax in one pass (no dilation)."""
+        if window.kh * window.kw > 256 or window.dh * window.dw != 1:  # a uint8 offset; the kernel's geometry
             return NotImplemented
         c, h, w, n = x.shape
         oh, ow = window.out_size(h, w)
         x = np.ascontiguousarray(x)
         out = np.empty((c, oh, ow, n), dtype=x.dtype)
         arg = np.empty(out.shape, dtype=np.uint8)
-        geometry = (h, w, n, *window, oh, ow)
+        geometry = (h, w, n, *window[:6], oh, ow)
         self.parallel(lambda a, b: lib.max_pool(_at(x, a), _at(out, a), _at(arg, a), b - a, *geometry),
                       c, x.nbytes)
         return out, arg
 
     @c_kernel("max_pool.c")
     def max_pool_backward(self, lib, dout, arg, x_shape, window):
-        if arg.dtype != np.uint8:
+        if arg.dtype != np.uint8 or window.dh * window.dw != 1:
             return NotImplemented
         c, h, w, n = x_shape
         _, oh, ow, _ = dout.shape
         dout, arg = np.ascontiguousarray(dout), np.ascontiguousarray(arg)
         dx = np.empty(x_shape, dtype=dout.dtype)
-        geometry = (h, w, n, *window, oh, ow)
+        geometry = (h, w, n, *window[:6], oh, ow)
         self.parallel(lambda a, b: lib.max_pool_backward(_at(dout, a), _at(arg, a), _at(dx, a), b - a,
                                                          *geometry),
                       c, dx.nbytes)
@@ -660,17 +668,17 @@ class HostBackend(Backend):
     def _fused_pool(rows, shape, window):
         """For a fused normalisation, ReLU and max pool: the pooled output and argmax to
         fill and the kernels' geometry, or None where the kernels do not take the call."""
-        if not rows.flags.c_contiguous or window.kh * window.kw > 256:  # a uint8 argmax
+        if not rows.flags.c_contiguous or window.kh * window.kw > 256 or window.dh * window.dw != 1:  # a uint8 argmax
             return None
         c, h, w, n = shape
         oh, ow = window.out_size(h, w)
         pooled = np.empty((c, oh, ow, n), dtype=rows.dtype)
-        return pooled, np.empty(pooled.shape, dtype=np.uint8), (h, w, n, *window, oh, ow)
+        return pooled, np.empty(pooled.shape, dtype=np.uint8), (h, w, n, *window[:6], oh, ow)
 
     @c_kernel("batch_norm.c")
     def batch_norm_pool_backward(self, lib, dout, pooled, arg, shape, window, rows, mean, inv_std, weight,
                                  use_batch):
-        if (not use_batch or rows is None or arg.dtype != np.uint8
+        if (not use_batch or rows is None or arg.dtype != np.uint8 or window.dh * window.dw != 1
                 or not all(a.flags.c_contiguous for a in (dout, pooled, arg, rows))):
             return NotImplemented
         c, h, w, n = shape
@@ -679,7 +687,7 @@ class HostBackend(Backend):
         g_xhat, g_sum = np.empty(c, dtype=rows.dtype), np.empty(c, dtype=rows.dtype)
         mean, inv_std = np.ascontiguousarray(mean, dtype=rows.dtype), np.ascontiguousarray(inv_std, dtype=rows.dtype)
         weight = None if weight is None else np.ascontiguousarray(weight, dtype=rows.dtype)
-        geometry = (h, w, n, *window, oh, ow)
+        geometry = (h, w, n, *window[:6], oh, ow)
         self.parallel(lambda a, b: lib.batch_norm_relu_pool_backward(
             _at(dout, a), _at(arg, a), _at(pooled, a), _at(rows, a), _at(mean, a), _at(inv_std, a),
             None if weight is None else _at(weight, a), _at(gx, a), _at(g_xhat, a), _at(g_sum, a),

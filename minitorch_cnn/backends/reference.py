@@ -24,17 +24,27 @@ class BackendUnavailable(RuntimeError):
 
 
 class Window(NamedTuple):
-    """A sliding window over an image: kernel (kh, kw), stride (sh, sw), padding (ph, pw)."""
+    """A sliding window over an image: kernel (kh, kw), stride (sh, sw), padding (ph, pw)
+    on each side, dilation (dh, dw): the kernel's taps are dh rows and dw columns apart,
+    and (eh, ew) extra rows and columns of padding at the bottom and right only (an odd
+    total of ``padding="same"``, and the room ``ceil_mode`` gives the last window).
+    The first six fields are the geometry the C and CUDA kernels take; they run windows
+    of dilation 1 only."""
     kh: int
     kw: int
     sh: int
     sw: int
     ph: int
     pw: int
+    dh: int = 1
+    dw: int = 1
+    eh: int = 0
+    ew: int = 0
 
     def out_size(self, h, w):
-        """(OH, OW): where the window fits in the padded h x w image (PyTorch's floor mode)."""
-        return (h + 2 * self.ph - self.kh) // self.sh + 1, (w + 2 * self.pw - self.kw) // self.sw + 1
+        """(OH, OW): where the (dilated) window fits in the padded h x w image."""
+        return ((h + 2 * self.ph + self.eh - self.dh * (self.kh - 1) - 1) // self.sh + 1,
+                (w + 2 * self.pw + self.ew - self.dw * (self.kw - 1) - 1) // self.sw + 1)
 
     def offsets(self):
         """The (i, j) offsets inside the window, in row-major order."""
@@ -42,7 +52,8 @@ class Window(NamedTuple):
 
     def rows_cols(self, i, j, oh, ow):
         """The slices of padded-image rows and columns that offset (i, j) reads, one per output."""
-        return slice(i, i + self.sh * (oh - 1) + 1, self.sh), slice(j, j + self.sw * (ow - 1) + 1, self.sw)
+        top, left = i * self.dh, j * self.dw
+        return slice(top, top + self.sh * (oh - 1) + 1, self.sh), slice(left, left + self.sw * (ow - 1) + 1, self.sw)
 
 
 # The backend contract: the op bodies below, which a fast backend may override
@@ -113,12 +124,14 @@ class Backend:
         return self.xp.where(y <= 0, self.xp.zeros((), dtype=g.dtype), g)
 
     # ---- windows over (C, H, W, N) images ------------------------------------------------
-    def pad(self, x, ph, pw, value=0.0):
-        """``x`` with ``ph`` rows and ``pw`` columns of ``value`` on each side."""
-        if not (ph or pw):
+    def pad(self, x, window, value=0.0):
+        """``x`` with ``window``'s padding of ``value``: ph rows on top, ph + eh at the
+        bottom, pw columns on the left, pw + ew on the right."""
+        ph, pw, eh, ew = window.ph, window.pw, window.eh, window.ew
+        if not (ph or pw or eh or ew):
             return x
         c, h, w, n = x.shape
-        out = self.xp.full((c, h + 2 * ph, w + 2 * pw, n), value, dtype=x.dtype)
+        out = self.xp.full((c, h + 2 * ph + eh, w + 2 * pw + ew, n), value, dtype=x.dtype)
         out[:, ph:ph + h, pw:pw + w] = x
         return out
 
@@ -128,18 +141,18 @@ class Backend:
         s_c, s_h, s_w, s_n = xpad.strides
         return self.xp.lib.stride_tricks.as_strided(
             xpad, shape=(c, window.kh, window.kw, oh, ow, n),
-            strides=(s_c, s_h, s_w, s_h * window.sh, s_w * window.sw, s_n))
+            strides=(s_c, s_h * window.dh, s_w * window.dw, s_h * window.sh, s_w * window.sw, s_n))
 
     def im2col(self, x, window):
         """The columns (C, kh, kw, OH, OW, N): a copy of the window view of the padded input."""
         oh, ow = window.out_size(x.shape[1], x.shape[2])
-        return self.xp.ascontiguousarray(self.windows(self.pad(x, window.ph, window.pw), window, oh, ow))
+        return self.xp.ascontiguousarray(self.windows(self.pad(x, window), window, oh, ow))
 
     def col2im(self, cols, x_shape, window):
         """The adjoint of im2col: add every column (C, kh, kw, OH, OW, N) back onto the
         pixel it was copied from, giving a (C, H, W, N) image."""
         c, h, w, n = x_shape
-        dx = self.xp.zeros((c, h + 2 * window.ph, w + 2 * window.pw, n), dtype=cols.dtype)
+        dx = self.xp.zeros((c, h + 2 * window.ph + window.eh, w + 2 * window.pw + window.ew, n), dtype=cols.dtype)
         self.add_columns(cols, dx, window)
         return dx[:, window.ph:window.ph + h, window.pw:window.pw + w]
 
@@ -152,30 +165,45 @@ class Backend:
             dx[:, rows, columns] += cols[:, i, j]
 
     # ---- convolution -----------------------------------------------------------------------
-    def conv2d(self, x, w2, bias, window, weight_grad=False, bias_grad=False):
+    def conv2d(self, x, w2, bias, window, groups=1, weight_grad=False, bias_grad=False):
         """``w2 @ im2col(x) + bias`` as (Cout, OH, OW, N), for ``w2`` the weight as
-        (Cout, C*kh*kw). With ``weight_grad`` also the function backward calls for the
-        weight's gradient (else None): ``weight_backward(gc)``, for ``gc`` the output's
-        gradient as (Cout, OH*OW*N), returns ``gc @ cols.T`` and, with ``bias_grad``, the
-        bias's gradient, ``gc``'s row sums (else None)."""
+        (Cout, C/groups*kh*kw): with ``groups`` g, the input's channels and the output's
+        fall into g groups, and group k's outputs see only group k's inputs, so the
+        product is a stack of g products, one per group (depthwise: g = C). With
+        ``weight_grad`` also the function backward calls for the weight's gradient (else
+        None): ``weight_backward(gc)``, for ``gc`` the output's gradient as (Cout,
+        OH*OW*N), returns ``gc @ cols.T`` and, with ``bias_grad``, the bias's gradient,
+        ``gc``'s row sums (else None)."""
         c, h, w, n = x.shape
+        (cout, k), g = w2.shape, groups
         oh, ow = window.out_size(h, w)
-        cols = self.im2col(x, window).reshape(c * window.kh * window.kw, oh * ow * n)
-        out = self.matmul(w2, cols)
+        cols = self.im2col(x, window).reshape(g, k, oh * ow * n)
+        out = self._group_matmul(w2.reshape(g, cout // g, k), cols).reshape(cout, oh * ow * n)
         if bias is not None:
             out += bias[:, None]
 
         def weight_backward(gc):
-            return self.matmul(gc, cols.T), (gc.sum(axis=1) if bias_grad else None)
+            gw2 = self._group_matmul(gc.reshape(g, cout // g, oh * ow * n), cols.transpose(0, 2, 1))
+            return gw2.reshape(cout, k), (gc.sum(axis=1) if bias_grad else None)
 
-        return out.reshape(-1, oh, ow, n), (weight_backward if weight_grad else None)
+        return out.reshape(cout, oh, ow, n), (weight_backward if weight_grad else None)
 
-    def conv2d_input_grad(self, w2, gc, x_shape, window):
-        """The gradient of a convolution's input (C, H, W, N): ``col2im(w2.T @ gc)``."""
+    def conv2d_input_grad(self, w2, gc, x_shape, window, groups=1):
+        """The gradient of a convolution's input (C, H, W, N): ``col2im(w2.T @ gc)``, group
+        by group."""
         c, h, w, n = x_shape
         oh, ow = window.out_size(h, w)
-        dcols = self.matmul(w2.T, gc).reshape(c, window.kh, window.kw, oh, ow, n)
-        return self.col2im(dcols, x_shape, window)
+        (cout, k), g = w2.shape, groups
+        w3 = w2.reshape(g, cout // g, k)
+        dcols = self._group_matmul(w3.transpose(0, 2, 1), gc.reshape(g, cout // g, oh * ow * n))
+        return self.col2im(dcols.reshape(c, window.kh, window.kw, oh, ow, n), x_shape, window)
+
+    def _group_matmul(self, a, b):
+        """``a[k] @ b[k]`` for each group k of two stacks of matrices; for a single group
+        the plain product, which no array module copies a transposed operand for."""
+        if a.shape[0] == 1:
+            return self.matmul(a[0], b[0])[None]
+        return self.matmul(a, b)
 
     # ---- pooling ----------------------------------------------------------------------------
     def max_pool(self, x, window):
@@ -185,7 +213,7 @@ class Backend:
         xp = self.xp
         c, h, w, n = x.shape
         oh, ow = window.out_size(h, w)
-        win = self.windows(self.pad(x, window.ph, window.pw, -xp.inf), window, oh, ow)
+        win = self.windows(self.pad(x, window, -xp.inf), window, oh, ow)
         flat = win.reshape(c, window.kh * window.kw, oh, ow, n)  # a copy: every window's elements
         arg = flat.argmax(axis=1)
         out = xp.take_along_axis(flat, arg[:, None], axis=1)[:, 0]
@@ -200,15 +228,16 @@ class Backend:
         cols = xp.where(arg[:, None] == offsets, dout[:, None], xp.zeros((), dtype=dout.dtype))
         return self.col2im(cols.reshape(c, window.kh, window.kw, oh, ow, n), x_shape, window)
 
-    def avg_pool(self, x, window):
-        """Window means (C, OH, OW, N), the zero padding counted (PyTorch's default)."""
+    def avg_pool(self, x, window, divisor):
+        """Window sums (C, OH, OW, N) of the zero-padded input over ``divisor``: a number
+        (kh*kw: the padding counted, PyTorch's default) or one per output (OH, OW, 1)."""
         oh, ow = window.out_size(x.shape[1], x.shape[2])
-        return self.windows(self.pad(x, window.ph, window.pw), window, oh, ow).mean(axis=(1, 2))
+        return self.windows(self.pad(x, window), window, oh, ow).sum(axis=(1, 2)) / divisor
 
-    def avg_pool_backward(self, dout, x_shape, window):
-        """Each window's gradient shared equally among its kh*kw elements, added back by col2im."""
+    def avg_pool_backward(self, dout, x_shape, window, divisor):
+        """Each window's gradient over ``divisor``, to each of its kh*kw elements, added back by col2im."""
         c, oh, ow, n = dout.shape
-        share = dout / (window.kh * window.kw)
+        share = (dout / divisor).astype(dout.dtype, copy=False)
         cols = self.xp.broadcast_to(share[:, None, None], (c, window.kh, window.kw, oh, ow, n))
         return self.col2im(cols, x_shape, window)
 

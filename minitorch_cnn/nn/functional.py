@@ -32,30 +32,41 @@ def _chwn_shape(nchw_shape):
 
 
 def _pair(value, name):
+    if type(value) is int and value >= 0:  # the common case, first: every op call parses these
+        return value, value
     pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
     if len(pair) != 2 or not all(isinstance(v, int) and v >= 0 for v in pair):
         raise ValueError(f"{name} must be a non-negative int or a pair of them, got {value!r}")
     return pair
 
 
+def _positive_pair(value, name, op):
+    if type(value) is int and value > 0:
+        return value, value
+    pair = _pair(value, name)
+    if min(pair) < 1:
+        raise ValueError(f"{op}: {name} must be positive, got {value!r}")
+    return pair
+
+
+def _batched(input, op):
+    """``input`` as a 4-D NCHW tensor, and whether it was an unbatched (C, H, W) one,
+    which PyTorch's image ops also take."""
+    if input.ndim == 4:
+        return input, False
+    if input.ndim == 3:
+        return input.reshape((1,) + input.shape), True
+    raise ValueError(f"Expected 3D (unbatched) or 4D (batched) input to {op}, but got input of size: "
+                     f"{list(input.shape)}")
+
+
+def _unbatched(output, unbatched):
+    return output.reshape(output.shape[1:]) if unbatched else output
+
+
 def _check_image(x, op):
     if x.ndim != 4:
         raise ValueError(f"{op} expects a 4-D NCHW input, got shape {tuple(x.shape)}")
-
-
-def _window(x, kernel, stride, padding, op):
-    """The :class:`~minitorch_cnn.backends.Window` of ``kernel``, ``stride`` and ``padding``
-    over ``x``, checked."""
-    _check_image(x, op)
-    kh, kw = _pair(kernel, "kernel_size")
-    sh, sw = _pair(stride, "stride")
-    ph, pw = _pair(padding, "padding")
-    if min(kh, kw, sh, sw) < 1:
-        raise ValueError(f"{op}: kernel_size and stride must be positive, got {kernel!r}, {stride!r}")
-    h, w = x.shape[2] + 2 * ph, x.shape[3] + 2 * pw
-    if h < kh or w < kw:
-        raise ValueError(f"{op}: kernel {kh}x{kw} is larger than the padded input {h}x{w}")
-    return backends.Window(kh, kw, sh, sw, ph, pw)
 
 
 # ---- convolution -------------------------------------------------------------------
@@ -64,19 +75,15 @@ class Conv2d(Function):
     products + col2im (``Backend.conv2d_input_grad``, and the function ``conv2d``
     returns for the weight's gradient, which gives the bias's too when both need one)."""
 
-    def forward(self, x, w, *bias, stride, padding):
-        cout, cin, kh, kw = w.shape
-        if x.shape[1] != cin:
-            raise ValueError(f"conv2d: input has {x.shape[1]} channels, weight {tuple(w.shape)} expects {cin}")
-        window = _window(x, (kh, kw), stride, padding, "conv2d")
+    def forward(self, x, w, *bias, window, groups):
         be = backends.backend_of(x)
         xc = _chwn(x)
-        w2 = w.reshape(cout, -1)
+        w2 = w.reshape(w.shape[0], -1)
         self.has_bias = bool(bias)
         out, self.weight_backward = be.conv2d(
-            xc, w2, bias[0] if bias else None, window, weight_grad=self.needs_grad[1],
+            xc, w2, bias[0] if bias else None, window, groups, weight_grad=self.needs_grad[1],
             bias_grad=self.has_bias and self.needs_grad[1] and self.needs_grad[2])
-        self.x_shape, self.window = xc.shape, window
+        self.x_shape, self.w_shape, self.window, self.groups = xc.shape, w.shape, window, groups
         self.w2 = w2 if self.needs_grad[0] else None
         return _nchw(out)
 
@@ -85,25 +92,81 @@ class Conv2d(Function):
         gc = _chwn(g).reshape(g.shape[1], -1)
         gx = gw = gb = None
         if self.needs_grad[0]:
-            gx = _nchw(be.conv2d_input_grad(self.w2, gc, self.x_shape, self.window))
+            gx = _nchw(be.conv2d_input_grad(self.w2, gc, self.x_shape, self.window, self.groups))
         if self.needs_grad[1]:
             gw2, gb = self.weight_backward(gc)
-            gw = gw2.reshape(g.shape[1], self.x_shape[0], self.window.kh, self.window.kw)
+            gw = gw2.reshape(self.w_shape)
         if self.has_bias and self.needs_grad[2] and gb is None:  # the weight is frozen
             gb = gc.sum(axis=1)
         return (gx, gw, gb) if self.has_bias else (gx, gw)
 
 
-def conv2d(input, weight, bias=None, stride=1, padding=0):
-    args = (input, weight) if bias is None else (input, weight, bias)
-    return Conv2d.apply(*args, stride=stride, padding=padding)
+def _conv_padding(padding, kernel, stride, dilation):
+    """(ph, pw, eh, ew) of ``padding``: an int, a pair, "valid" or "same" (the output as
+    large as the input; an odd total puts its extra row/column at the bottom/right, as
+    PyTorch does)."""
+    if not isinstance(padding, str):
+        return (*_pair(padding, "padding"), 0, 0)
+    if padding == "valid":
+        return 0, 0, 0, 0
+    if padding != "same":
+        raise ValueError(f"conv2d: invalid padding string {padding!r}, should be one of {{'valid', 'same'}}")
+    if stride != (1, 1):
+        raise ValueError("padding='same' is not supported for strided convolutions")
+    th, tw = dilation[0] * (kernel[0] - 1), dilation[1] * (kernel[1] - 1)
+    return th // 2, tw // 2, th % 2, tw % 2
+
+
+def _conv_window(x, weight, bias, stride, padding, dilation, groups):
+    """The :class:`~minitorch_cnn.backends.Window` of a convolution of the NCHW ``x`` by
+    ``weight``, every argument checked as PyTorch checks it."""
+    if weight.ndim != 4:
+        raise ValueError(f"conv2d: weight must be 4-D (out_channels, in_channels/groups, kH, kW), "
+                         f"got shape {list(weight.shape)}")
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"conv2d: groups must be a positive int, got {groups!r}")
+    cout, cin, kh, kw = weight.shape
+    if cout % groups:
+        raise ValueError(f"Given groups={groups}, expected weight to be divisible by {groups} at dimension 0, "
+                         f"but got weight of size {list(weight.shape)} instead")
+    if x.shape[1] != cin * groups:
+        raise ValueError(f"Given groups={groups}, weight of size {list(weight.shape)}, expected input"
+                         f"{list(x.shape)} to have {cin * groups} channels, but got {x.shape[1]} channels instead")
+    if bias is not None and tuple(bias.shape) != (cout,):
+        raise ValueError(f"Given weight of size {list(weight.shape)}, expected bias to be 1-dimensional with "
+                         f"{cout} elements, but got bias of size {list(bias.shape)} instead")
+    stride, dilation = _positive_pair(stride, "stride", "conv2d"), _positive_pair(dilation, "dilation", "conv2d")
+    ph, pw, eh, ew = _conv_padding(padding, (kh, kw), stride, dilation)
+    h, w = x.shape[2] + 2 * ph + eh, x.shape[3] + 2 * pw + ew
+    if h < dilation[0] * (kh - 1) + 1 or w < dilation[1] * (kw - 1) + 1:
+        raise ValueError(f"conv2d: calculated padded input size per channel: ({h} x {w}). Kernel size: "
+                         f"({kh} x {kw}), dilation {dilation}. Kernel size can't be greater than actual input size")
+    return backends.Window(kh, kw, *stride, ph, pw, *dilation, eh, ew)
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """2-D convolution (cross-correlation, as PyTorch's) of an NCHW or unbatched CHW
+    ``input`` by ``weight`` (Cout, C/groups, kH, kW). ``padding``: an int, a pair,
+    "valid" or "same"; ``dilation``: the kernel's taps that many pixels apart;
+    ``groups``: input and output channels split into that many groups, each group's
+    outputs seeing only its own inputs (depthwise: groups == C)."""
+    x, unbatched = _batched(input, "conv2d")
+    window = _conv_window(x, weight, bias, stride, padding, dilation, groups)
+    args = (x, weight) if bias is None else (x, weight, bias)
+    return _unbatched(Conv2d.apply(*args, window=window, groups=groups), unbatched)
 
 
 # ---- pooling -------------------------------------------------------------------------
 class MaxPool2d(Function):
-    def forward(self, x, window):
+    """Window maxima (``Backend.max_pool``); backward sends each window's gradient to
+    its first maximum. ``routing``: a list that receives the pool's routing, for
+    ``return_indices``."""
+
+    def forward(self, x, window, routing=None):
         self.x_shape, self.window = _chwn_shape(x.shape), window
         out, self.arg = backends.backend_of(x).max_pool(_chwn(x), window)
+        if routing is not None:
+            routing.append(self.arg)
         return _nchw(out)
 
     def backward(self, g):
@@ -112,35 +175,143 @@ class MaxPool2d(Function):
 
 
 class AvgPool2d(Function):
-    def forward(self, x, window):
-        self.x_shape, self.window = _chwn_shape(x.shape), window
-        return _nchw(backends.backend_of(x).avg_pool(_chwn(x), window))
+    """Window sums over ``divisor`` (``Backend.avg_pool``); backward shares each window's
+    gradient over ``divisor`` among its elements."""
+
+    def forward(self, x, window, divisor):
+        self.x_shape, self.window, self.divisor = _chwn_shape(x.shape), window, divisor
+        return _nchw(backends.backend_of(x).avg_pool(_chwn(x), window, divisor))
 
     def backward(self, g):
         be = backends.backend_of(g)
-        return _nchw(be.avg_pool_backward(_chwn(g), self.x_shape, self.window))
+        return _nchw(be.avg_pool_backward(_chwn(g), self.x_shape, self.window, self.divisor))
 
 
-def _pool_window(op, input, kernel_size, stride, padding):
-    """The Window of a pooling over ``input``, checked."""
-    window = _window(input, kernel_size, kernel_size if stride is None else stride, padding, op)
-    if window.ph > window.kh // 2 or window.pw > window.kw // 2:
-        raise ValueError(f"{op}: padding {padding!r} must be at most half of kernel_size {kernel_size!r}")
-    return window
+def _pool_size(size, kernel, stride, padding, dilation, ceil_mode):
+    """Outputs of a pooling along one axis (PyTorch's pooling_output_shape): with
+    ``ceil_mode`` the last window may run past the padded edge, but it must start
+    inside the input or its left padding."""
+    span = size + 2 * padding - dilation * (kernel - 1) - 1
+    if not ceil_mode:
+        return span // stride + 1
+    out = -(-span // stride) + 1
+    return out - 1 if (out - 1) * stride >= size + padding else out
 
 
-def _pool(fn, op, input, kernel_size, stride, padding):
-    return fn.apply(input, window=_pool_window(op, input, kernel_size, stride, padding))
+def _pool_window(op, input, kernel_size, stride, padding, dilation=1, ceil_mode=False):
+    """The Window of a pooling over the NCHW ``input``, checked as PyTorch checks it; the
+    extra room ``ceil_mode`` gives the last window is padding at the bottom/right."""
+    kh, kw = _positive_pair(kernel_size, "kernel_size", op)
+    sh, sw = (kh, kw) if stride is None or stride == [] or stride == () else _positive_pair(stride, "stride", op)
+    ph, pw = _pair(padding, "padding")
+    dh, dw = _positive_pair(dilation, "dilation", op)
+    if ph > kh // 2 or pw > kw // 2:
+        raise ValueError(f"{op}: pad should be at most half of kernel size, but got pad={padding!r}, "
+                         f"kernel_size={kernel_size!r}")
+    c, h, w = input.shape[1:]
+    oh, ow = _pool_size(h, kh, sh, ph, dh, ceil_mode), _pool_size(w, kw, sw, pw, dw, ceil_mode)
+    if oh < 1 or ow < 1:
+        raise ValueError(f"{op}: given input size ({c}x{h}x{w}), calculated output size ({c}x{oh}x{ow}): "
+                         f"output size is too small")
+    eh, ew = (oh - 1) * sh + dh * (kh - 1) + 1 - h - 2 * ph, (ow - 1) * sw + dw * (kw - 1) + 1 - w - 2 * pw
+    return backends.Window(kh, kw, sh, sw, ph, pw, dh, dw, max(eh, 0), max(ew, 0))
 
 
-def max_pool2d(input, kernel_size, stride=None, padding=0):
-    """Max pooling; pads with -inf, and the gradient goes to each window's first maximum."""
-    return _pool(MaxPool2d, "max_pool2d", input, kernel_size, stride, padding)
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    """Max pooling of an NCHW or unbatched CHW ``input``; pads with -inf, and the
+    gradient goes to each window's first maximum. With ``return_indices`` also each
+    maximum's flat index into its input plane (H*W), PyTorch's, for ``max_unpool2d``."""
+    x, unbatched = _batched(input, "max_pool2d")
+    window = _pool_window("max_pool2d", x, kernel_size, stride, padding, dilation, ceil_mode)
+    routing = [] if return_indices else None
+    out = _unbatched(MaxPool2d.apply(x, window=window, routing=routing), unbatched)
+    if not return_indices:
+        return out
+    indices = _nchw(_plane_indices(routing[0], window, x.shape[3]))
+    return out, Tensor(indices[0] if unbatched else indices)
 
 
-def avg_pool2d(input, kernel_size, stride=None, padding=0):
-    """Average pooling; zero padding counts towards the mean, as PyTorch's default."""
-    return _pool(AvgPool2d, "avg_pool2d", input, kernel_size, stride, padding)
+def _plane_indices(arg, window, width):
+    """PyTorch's max-pool indices from a routing (C, OH, OW, N) of window offsets
+    ``i * kw + j``: the flat index ``y * width + x`` of each maximum in its plane."""
+    xp = backends.get_array_module(arg)
+    _, oh, ow, _ = arg.shape
+    i, j = xp.divmod(arg.astype(xp.int64), window.kw)
+    y = (xp.arange(oh) * window.sh - window.ph)[:, None, None] + i * window.dh
+    x = (xp.arange(ow) * window.sw - window.pw)[:, None] + j * window.dw
+    return y * width + x
+
+
+class MaxUnpool2d(Function):
+    """Each value to its ``indices`` place in a zero plane of ``size`` (H, W): the
+    inverse of a max pool; backward gathers the gradient from the same places."""
+
+    def forward(self, x, indices, size):
+        xp = backends.get_array_module(x)
+        n, c = x.shape[:2]
+        self.x_shape, self.index = x.shape, (xp.arange(n)[:, None, None], xp.arange(c)[None, :, None],
+                                             indices.reshape(n, c, -1))
+        out = xp.zeros((n, c, size[0] * size[1]), dtype=x.dtype)
+        out[self.index] = x.reshape(n, c, -1)
+        return out.reshape(n, c, *size)
+
+    def backward(self, g):
+        n, c = g.shape[:2]
+        return g.reshape(n, c, -1)[self.index].reshape(self.x_shape)
+
+
+def max_unpool2d(input, indices, kernel_size, stride=None, padding=0, output_size=None):
+    """The partial inverse of ``max_pool2d``: ``input``'s values at ``indices`` (as
+    ``max_pool2d(..., return_indices=True)`` gives them), zeros elsewhere, in an image of
+    ``output_size`` (its last two entries; by default (H - 1) * stride - 2 * padding + kernel_size)."""
+    x, unbatched = _batched(input, "max_unpool2d")
+    kh, kw = _positive_pair(kernel_size, "kernel_size", "max_unpool2d")
+    sh, sw = (kh, kw) if stride is None else _positive_pair(stride, "stride", "max_unpool2d")
+    ph, pw = _pair(padding, "padding")
+    if output_size is None:
+        size = ((x.shape[2] - 1) * sh - 2 * ph + kh, (x.shape[3] - 1) * sw - 2 * pw + kw)
+    else:
+        size = tuple(int(v) for v in tuple(output_size)[-2:])
+    index = indices.data if isinstance(indices, Tensor) else indices
+    if tuple(index.shape) != tuple(input.shape) or index.dtype.kind not in "iu":
+        raise ValueError(f"max_unpool2d: expected integer indices of the input's shape {list(input.shape)}, "
+                         f"got {index.dtype} of shape {list(index.shape)}")
+    if input.backend.name != "cupy" and index.size and (index.min() < 0 or index.max() >= size[0] * size[1]):
+        bad = index[(index < 0) | (index >= size[0] * size[1])].flat[0]
+        raise IndexError(f"max_unpool2d: found an invalid max index: {bad} (output volumes are of size "
+                         f"{size[0]}x{size[1]})")
+    return _unbatched(MaxUnpool2d.apply(x, indices=index, size=size), unbatched)
+
+
+def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None):
+    """Average pooling of an NCHW or unbatched CHW ``input``. Each window's sum is
+    divided by ``divisor_override``, else by the elements it covers: with
+    ``count_include_pad`` (PyTorch's default) the zero padding counts, but never the
+    room ``ceil_mode`` adds past it."""
+    x, unbatched = _batched(input, "avg_pool2d")
+    window = _pool_window("avg_pool2d", x, kernel_size, stride, padding, 1, ceil_mode)
+    if divisor_override is not None:
+        if isinstance(divisor_override, bool) or not isinstance(divisor_override, int) or divisor_override == 0:
+            raise ValueError(f"avg_pool2d: divisor_override must be a non-zero int, got {divisor_override!r}")
+        divisor = divisor_override
+    elif count_include_pad and not (window.eh or window.ew):
+        divisor = window.kh * window.kw
+    else:
+        divisor = _pool_counts(x.backend, x.shape[2], x.shape[3], window, count_include_pad, x.dtype)
+    return _unbatched(AvgPool2d.apply(x, window=window, divisor=divisor), unbatched)
+
+
+def _pool_counts(be, h, w, window, count_include_pad, dtype):
+    """How many elements each average-pool window over an h x w image counts, as
+    (OH, OW, 1): the window sums of an image of ones, padded with zeros; with
+    ``count_include_pad`` the padding on each side counts too, but never the extra
+    room (eh, ew) that ``ceil_mode`` gives the last window (PyTorch's rule)."""
+    ones = be.pad(be.xp.ones((1, h, w, 1), dtype=dtype), window)
+    if count_include_pad:
+        ones[:, :h + 2 * window.ph, :w + 2 * window.pw] = 1
+    oh, ow = window.out_size(h, w)
+    return be.windows(ones, window, oh, ow).sum(axis=(1, 2))[0]
 
 
 # ---- dense layers and activations ----------------------------------------------------
@@ -219,7 +390,15 @@ def dropout(input, p=0.5, training=True):
 
 
 def dropout2d(input, p=0.5, training=True):
-    """Zero whole channels: one draw per (sample, channel)."""
+    """Zero whole channels: one draw per (sample, channel). A 3-D input is taken, as
+    PyTorch 2.x takes it (with its warning), as (N, C, L): one draw per (N, C)."""
+    if input.ndim == 3:
+        warnings.warn("dropout2d: Received a 3D input to dropout2d and assuming that channel-wise 1D dropout "
+                      "behavior is desired - input is interpreted as shape (N, C, L), where C is the channel "
+                      "dim. This behavior will change in a future release to interpret the input as one "
+                      "without a batch dimension, i.e. shape (C, H, W). To maintain the 1D channel-wise "
+                      "dropout behavior, please switch to using dropout1d instead.", UserWarning, stacklevel=2)
+        return _dropout(input, p, training, input.shape[:2] + (1,))
     _check_image(input, "dropout2d")
     return _dropout(input, p, training, input.shape[:2] + (1, 1))
 

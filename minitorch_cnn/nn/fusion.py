@@ -74,7 +74,13 @@ def _is_fusable(modules):
     engine defines them (not subclasses, no forward of their own), which the fused op
     computes exactly."""
     kinds = (BatchNorm2d, ReLU, MaxPool2d)
-    return (len(modules) in (2, 3) and all(type(m) is k and "forward" not in vars(m) for m, k in zip(modules, kinds)))
+    return (len(modules) in (2, 3) and all(type(m) is k and "forward" not in vars(m) for m, k in zip(modules, kinds))
+            and (len(modules) == 2 or _plain_pool(modules[2])))
+
+
+def _plain_pool(pool):
+    """A max pool the fused op takes: no dilation, floor mode, no indices returned."""
+    return pool.dilation in (1, (1, 1)) and not pool.ceil_mode and not pool.return_indices
 
 
 def _replace(model, name, new):

@@ -15,7 +15,6 @@ import numpy as np
 from .. import backends, distributed
 from ..autograd import Function
 from ..data.shard import share_weight
-from . import functional as F
 from .modules import BatchNorm2d
 
 __all__ = ["SyncBatchNorm"]
