@@ -6,7 +6,7 @@ setup(
     name="minitorch_cnn",
     version="0.1.0",
     description="A from-scratch deep-learning engine for CNNs on NumPy and CuPy, checked against PyTorch",
-    packages=find_packages(include=["minitorch_cnn", "minitorch_cnn.*", "reference"]),
+    packages=find_packages(include=["minitorch_cnn", "minitorch_cnn.*"]),  # reference/ runs from the checkout
     python_requires=">=3.9",
     # The backends compile these kernel sources at run time: CUDA for CuPy (see
     # backends/cupy_backend.py), C for NumPy (backends/host_kernels.py).

@@ -22,7 +22,6 @@ from minitorch_cnn.checkpoint import load_checkpoint
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
 import distributed_ranks as ranks  # noqa: E402
 
 LAUNCH_TIMEOUT_S = 180

@@ -4,15 +4,12 @@ Tolerances (float32): atol=1e-4, rtol=1e-4 unless stated; conv2d (sums of up to
 C_in*kH*kW terms forward, N*H_out*W_out terms for the weight gradient) uses
 atol=1e-3, rtol=1e-4.  float64 cases use atol=1e-10, rtol=1e-10.
 """
-import os
-import sys
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as TF
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from optest import assert_close, check_op, mt_backend, to_numpy  # noqa: E402,F401  (mt_backend: autouse fixture)
 
 import minitorch_cnn as mt  # noqa: E402

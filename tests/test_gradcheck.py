@@ -4,13 +4,10 @@ Every input is an ``mt.tensor(..., dtype=np.float64)``; the checked scalar is
 ``(op(*inputs) * W).sum()`` for fixed random ``W``; step eps=1e-6; tolerance
 atol=1e-6, rtol=1e-5 (the truncation error is ~eps**2, the rounding error ~1e-10).
 """
-import os
-import sys
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from optest import gradcheck, mt_backend  # noqa: E402,F401  (mt_backend: autouse fixture)
 
 import minitorch_cnn as mt  # noqa: E402

@@ -5,15 +5,12 @@ namespace (torch.nn or minitorch_cnn.nn); weights are copied torch -> engine thr
 ``load_state_dict`` of NumPy arrays.  Tolerances (float32): atol=1e-5, rtol=1e-4 for
 outputs, atol=1e-4, rtol=1e-4 for gradients.
 """
-import os
-import sys
 
 import numpy as np
 import pytest
 import torch
 import torch.nn as tnn
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from optest import assert_close, mt_backend, skip_without_cupy, to_numpy  # noqa: E402,F401  (mt_backend: autouse fixture)
 
 import minitorch_cnn as mt  # noqa: E402

@@ -5,8 +5,6 @@ frameworks (torch's seeded init, loaded into the engine) and sees the same batch
 (NumPy default_rng).  Parameters after every step: atol=1e-5, rtol=1e-4 (float32).
 """
 import copy
-import os
-import sys
 
 import numpy as np
 import pytest
@@ -14,7 +12,6 @@ import torch
 import torch.nn as tnn
 import torch.nn.functional as TF
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from optest import assert_close, mt_backend, to_numpy  # noqa: E402,F401  (mt_backend: autouse fixture)
 
 import minitorch_cnn as mt  # noqa: E402

@@ -25,10 +25,6 @@ from threadpoolctl import threadpool_limits
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
-for path in (TESTS, ROOT):  # optest, and the top-level `reference` package
-    if path not in sys.path:
-        sys.path.insert(0, path)
-
 from optest import BACKENDS, backend_for_test  # noqa: E402
 
 import minitorch_cnn as mt  # noqa: E402

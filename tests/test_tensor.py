@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from optest import mt_backend, skip_without_cupy  # noqa: E402,F401  (mt_backend: autouse fixture)
 
 import minitorch_cnn as mt  # noqa: E402

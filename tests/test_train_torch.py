@@ -6,15 +6,9 @@ two frameworks follow the same trajectory up to float32 rounding: after one epoc
 small subset of real Fashion-MNIST their training loss and test accuracy must agree.
 """
 import json
-import os
-import sys
 
 import numpy as np
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:  # the top-level `reference` package
-    sys.path.insert(0, ROOT)
 
 torch = pytest.importorskip("torch", reason="torch is not installed (pip install -e '.[reference]')")
 
