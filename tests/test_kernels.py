@@ -15,7 +15,6 @@ Every comparison is exact: the kernels copy, compare, and add in the generic pat
 order (see the comments in the sources). The max-pool argmax, which the generic path
 does not keep, is checked against the first maximum found in the generic window view.
 """
-import ctypes
 import re
 import shutil
 import subprocess
@@ -27,6 +26,8 @@ import pytest
 from minitorch_cnn import backends
 from minitorch_cnn.backends import cupy_backend
 from minitorch_cnn.backends.base import Backend, BackendUnavailable
+
+import cuda_host
 
 KERNEL_DIR = Path(__file__).resolve().parents[1] / "kernels"
 SOURCES = sorted(KERNEL_DIR.glob("*.cu"))
@@ -57,20 +58,7 @@ def test_kernel_source_compiles_with_nvcc(source, tmp_path):
 
 
 # ------------------------------------------------------- 2. the kernels on the CPU (g++)
-# Host stand-ins for the CUDA keywords and built-in variables the kernels use.
-HOST_SHIM = """\
-#define __global__
-#define __device__
-struct mt_dim3 { unsigned x, y, z; };
-static const mt_dim3 threadIdx = {0, 0, 0}, blockIdx = {0, 0, 0};
-static const mt_dim3 blockDim = {1, 1, 1}, gridDim = {1, 1, 1};
-"""
-
-
-def _c_argument(value):
-    if isinstance(value, np.ndarray):
-        return ctypes.c_void_p(value.ctypes.data)
-    return np.ctypeslib.as_ctypes_type(value.dtype)(value.item())
+# (the host stand-ins for the CUDA built-ins are in cuda_host.py)
 
 
 class HostKernels(cupy_backend.CupyBackend):
@@ -88,26 +76,14 @@ class HostKernels(cupy_backend.CupyBackend):
 
     def launch(self, kernel, dtype, total, args):
         self.launches.append(kernel)
-        function = getattr(self.library, cupy_backend.entry_point(kernel, dtype))
-        c_args = [_c_argument(a) for a in args]
-        function.argtypes = [type(a) for a in c_args]
-        function.restype = None
-        function(*c_args)
+        cuda_host.call(self.library, cupy_backend.entry_point(kernel, dtype), args)
 
 
 @pytest.fixture(scope="module")
-def host_library(tmp_path_factory):
-    compiler = shutil.which("g++")
-    if compiler is None:
+def host_library():
+    if cuda_host.compiler() is None:
         pytest.skip("no C++ compiler (g++) to run the CUDA kernels on the CPU")
-    folder = tmp_path_factory.mktemp("host_kernels")
-    shim, library = folder / "cuda_host_shim.h", folder / "kernels.so"
-    shim.write_text(HOST_SHIM)
-    run = subprocess.run([compiler, "-O1", "-shared", "-fPIC", "-x", "c++", "-include", str(shim),
-                          "-o", str(library), *map(str, SOURCES)],
-                         capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, f"g++ failed on the kernel sources:\n{run.stderr}"
-    return ctypes.CDLL(str(library))
+    return cuda_host.compile_files(SOURCES)
 
 
 # ------------------------------------------------------- 3. the kernels on a GPU (CuPy)

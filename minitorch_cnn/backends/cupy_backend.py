@@ -26,7 +26,11 @@ import numpy as np
 from .base import Backend, BackendUnavailable, out_size
 from .sources import read_kernel_source
 
-INSTALL_HINT = "pip install 'minitorch_cnn[cuda12]' (CUDA 12) or 'minitorch_cnn[cuda13]' (CUDA 13)"
+# The extras install CuPy with its CUDA toolkit wheels (NVRTC, cuBLAS, cuRAND: CuPy's
+# "[ctk]" extra), so a machine with only the NVIDIA driver needs nothing more.
+INSTALL_HINT = ("pip install 'minitorch_cnn[cuda12]' (driver for CUDA 12) or 'minitorch_cnn[cuda13]' "
+                "(CUDA 13): these bring CuPy and the CUDA libraries it needs, so only the NVIDIA "
+                "driver must be on the machine; `nvidia-smi` shows its CUDA version")
 
 # kernel name -> the source in kernels/ that defines its entry points (see entry_point)
 KERNEL_SOURCES = {
@@ -53,8 +57,10 @@ CUDA_ERROR_INSUFFICIENT_DRIVER = 35
 CUDA_ERROR_NO_DEVICE = 100
 
 # A kernel and a matrix product small enough to prove the CUDA stack works (NVRTC, the
-# driver, cuBLAS) before the backend is handed out.
-_PROBE_SOURCE = r'extern "C" __global__ void mt_probe(float* x) { x[threadIdx.x] += 1.0f; }'
+# driver, cuBLAS) before the backend is handed out. Grid-stride, like the engine's kernels.
+_PROBE_SOURCE = r"""extern "C" __global__ void mt_probe(float* x, int n) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) x[i] += 1.0f;
+}"""
 
 
 # ---- kernel sources and launch geometry (pure: no CuPy needed) ------------------------
@@ -85,12 +91,38 @@ class CupyBackend(Backend):
 
     def __init__(self, cupy):
         super().__init__("cupy", cupy)
+        # message -> a 0-d device bool, true if a check of the input failed (check_later)
+        self._pending_checks = {}
 
     def to_numpy(self, array):
+        self.raise_failed_checks()
         return self.xp.asnumpy(array)
 
     def synchronize(self):
         self.xp.cuda.get_current_stream().synchronize()
+        self.raise_failed_checks()
+
+    # ---- input checks that must not wait for the GPU -----------------------------------
+    def check_later(self, failed, message):
+        """Raise ``IndexError(message)`` at the next explicit sync (``to_numpy``, hence
+        ``.item()`` and ``.numpy()``, or ``synchronize``) if the 0-d device bool ``failed``
+        is true. Checking at once would wait for the GPU in every training step; the
+        training loop already syncs every few steps. Repeats of a message fold into one
+        flag (one small launch), so the pending checks never grow."""
+        pending = self._pending_checks.get(message)
+        if pending is None:
+            self._pending_checks[message] = failed
+        else:
+            self.xp.logical_or(pending, failed, out=pending)
+
+    def raise_failed_checks(self):
+        if not self._pending_checks:
+            return
+        checks, self._pending_checks = self._pending_checks, {}
+        failed = self.xp.asnumpy(self.xp.stack(list(checks.values())))
+        for message, bad in zip(checks, failed):
+            if bad:
+                raise IndexError(message)
 
     def seed(self, seed):
         """Philox4x32-10 (PyTorch's CUDA generator too) rather than CuPy's default XORWOW:
@@ -185,11 +217,14 @@ def _kernel_function(cupy, kernel, dtype_name):
 
 # ---- construction: why the backend can or cannot run here ---------------------------------
 def create():
-    """The CuPy backend, or :class:`BackendUnavailable` saying why it cannot run here."""
+    """The CuPy backend, or :class:`BackendUnavailable` saying why it cannot run here.
+    Its kernels are compiled here, so that a compile error shows now, not mid-training."""
     cupy = _import_cupy()
     _check_device(cupy)
     _probe(cupy)
-    return CupyBackend(cupy)
+    backend = CupyBackend(cupy)
+    _compile_kernels(backend)
+    return backend
 
 
 def _one_line(exc):
@@ -246,7 +281,7 @@ def _probe(cupy):
     first op otherwise (no NVRTC library, a cuBLAS mismatch, a GPU too new for this CuPy)."""
     try:
         x = cupy.zeros(32, dtype=cupy.float32)
-        cupy.RawKernel(_PROBE_SOURCE, "mt_probe")((1,), (32,), (x,))
+        cupy.RawKernel(_PROBE_SOURCE, "mt_probe")((1,), (32,), (x, np.int32(x.size)))
         y = x.reshape(4, 8) @ x.reshape(8, 4)
         ok = bool((y == 8).all())  # the one host round trip, at start-up
     except Exception as exc:  # anything here means a broken CUDA stack; say what broke
@@ -255,3 +290,11 @@ def _probe(cupy):
     if not ok:
         raise BackendUnavailable("CuPy is installed but broken: a tiny CUDA kernel ran but "
                                  "computed a wrong result")
+
+
+def _compile_kernels(backend):
+    try:
+        backend.prepare()
+    except Exception as exc:  # CuPy's CompileException carries NVRTC's log
+        raise BackendUnavailable(f"CuPy works but the engine's CUDA kernels (kernels/*.cu) fail to "
+                                 f"compile ({_one_line(exc)}); {INSTALL_HINT}") from None

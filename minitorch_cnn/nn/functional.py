@@ -394,9 +394,15 @@ def nll_loss(input, target, reduction="mean"):
     if t.shape != (input.shape[0],) or t.dtype.kind not in "iu":
         raise ValueError(f"nll_loss expects {input.shape[0]} integer class indices as target, "
                          f"got shape {tuple(t.shape)} of {t.dtype}")
-    if input.backend.name == "numpy" and t.size and (t.min() < 0 or t.max() >= input.shape[1]):
-        bad = t[(t < 0) | (t >= input.shape[1])][0]
-        raise IndexError(f"target {bad} is out of bounds for {input.shape[1]} classes")
+    classes = input.shape[1]
+    if input.backend.name == "numpy":
+        if t.size and (t.min() < 0 or t.max() >= classes):
+            bad = t[(t < 0) | (t >= classes)][0]
+            raise IndexError(f"target {bad} is out of bounds for {classes} classes")
+    elif t.size:  # on a GPU, checked there: raised at the next sync, never wrapped silently
+        input.backend.check_later(((t < 0) | (t >= classes)).any(),
+                                  f"a target is out of bounds for {classes} classes (checked on the "
+                                  f"device, raised at the first sync after the loss)")
     return NLLLoss.apply(input, target=t, reduction=reduction)
 
 
