@@ -217,7 +217,8 @@ class ndarray:
         if not callable(attr):
             return _wrap(attr)
         method = getattr(np.ndarray, name)
-        return lambda *args, **kwargs: _call(f"ndarray.{name}", method, (self,) + args, kwargs)
+        # a host array here is a shape or axes (CuPy iterates those), not an operand
+        return lambda *args, **kwargs: _call(f"ndarray.{name}", method, (self,) + args, kwargs, host_ok=True)
 
 
 def _binary(name):
