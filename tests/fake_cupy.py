@@ -63,11 +63,14 @@ counters = Counters()
 
 
 def _engine_caller():
-    """The innermost line of the engine (else of anything outside this file) on the stack."""
+    """Where the engine asked: its innermost line on the stack and, if another, its
+    outermost (the caller's entry point), else the innermost line outside this file."""
     frames = [f for f in traceback.extract_stack()[:-2] if f.filename != __file__]
-    inside = [f for f in frames if f.filename.startswith(PACKAGE_DIR)]
-    frame = (inside or frames)[-1]
-    return f"{Path(frame.filename).name}:{frame.lineno}"
+    inside = [f for f in frames if f.filename.startswith(PACKAGE_DIR)] or frames[-1:]
+    where = f"{Path(inside[-1].filename).name}:{inside[-1].lineno}"
+    if inside[0] is not inside[-1]:
+        where += f" (from {Path(inside[0].filename).name}:{inside[0].lineno})"
+    return where
 
 
 # ---- wrapping: device arrays hold a NumPy array; calls unwrap, run NumPy, wrap ----------
@@ -125,6 +128,24 @@ def _sized_one(a, what):
     if a._a.size != 1:
         raise TypeError(f"{what}: only size-1 arrays convert to Python scalars")
     counters.sync(what)
+
+
+def _wrapped_indices(key, shape):
+    """``key`` as a tuple, its integer index arrays taken modulo their axis' length: CuPy
+    wraps out-of-bounds integer array indices around where NumPy raises."""
+    key = key if isinstance(key, tuple) else (key,)
+    spans = [0 if k is None else _unwrap(k, host_ok=True).ndim if getattr(k, "dtype", None) == bool else 1
+             for k in key]
+    if any(k is Ellipsis for k in key):
+        spans[next(i for i, k in enumerate(key) if k is Ellipsis)] = len(shape) - (sum(spans) - 1)
+    out, axis = [], 0
+    for k, span in zip(key, spans):
+        raw = k._a if isinstance(k, ndarray) else k
+        if isinstance(raw, np.ndarray) and raw.dtype.kind in "iu":
+            k = ndarray(np.mod(raw, shape[axis]))
+        out.append(k)
+        axis += span
+    return tuple(out)
 
 
 class ndarray:
@@ -203,16 +224,18 @@ class ndarray:
 
     def __getitem__(self, key):
         # a trailing Ellipsis makes NumPy return a 0-d view, not a scalar copy, as CuPy does
-        key = key if isinstance(key, tuple) else (key,)
+        key = _wrapped_indices(key, self.shape)
         if not any(k is Ellipsis for k in key):
             key += (Ellipsis,)
         return _call("ndarray.__getitem__", np.ndarray.__getitem__, (self, key), {}, host_ok=True)
 
     def __setitem__(self, key, value):
-        self._a[_unwrap(key, host_ok=True)] = _unwrap(value, host_ok=True)
+        self._a[_unwrap(_wrapped_indices(key, self.shape), host_ok=True)] = _unwrap(value, host_ok=True)
         counters.launches["ndarray.__setitem__"] += 1
 
     def __getattr__(self, name):
+        if name.startswith("__"):  # never NumPy's __array_interface__ and the like
+            raise AttributeError(name)
         attr = getattr(self._a, name)
         if not callable(attr):
             return _wrap(attr)
@@ -415,7 +438,7 @@ class RawModule:
 _OVERRIDES = dict(ndarray=ndarray, asarray=asarray, array=array, asnumpy=asnumpy,
                   get_array_module=get_array_module, random=random, cuda=cuda,
                   RawKernel=RawKernel, RawModule=RawModule, __version__=__version__)
-_module = _Namespace(__name__, np, _OVERRIDES)
+_module = _Namespace("cupy", np, _OVERRIDES)  # what it stands in for
 _module.__file__ = __file__
 
 
