@@ -2,19 +2,21 @@
 
 1. Compilation: every source compiles with ``nvcc -ptx`` (warnings are errors) and
    exports exactly the entry points the CuPy backend looks up. Skips without nvcc.
-2. On the CPU, without a GPU: the same sources, compiled as C++ by g++ with a few
-   lines standing in for the CUDA built-ins (one block of one thread, so each
-   kernel's grid-stride loop visits every element), run behind the CuPy backend's own
-   kernel methods on NumPy arrays. This checks the kernels' index arithmetic and the
-   backend's argument marshalling against the generic NumPy path. Skips without g++.
+2. On the CPU, without a GPU: the CuPy backend over the CuPy stand-in (``fake_cupy.py``),
+   whose ``RawModule`` compiles the same sources as C++ with g++ and a few lines standing
+   in for the CUDA built-ins (``cuda_host.py``: one block of one thread, so each
+   kernel's grid-stride loop visits every element). This checks the kernels' index
+   arithmetic and the backend's argument marshalling against the generic path.
 3. On a GPU: the same tests through CuPy, each kernel against the plain-CuPy generic
-   path it replaces (``Backend.im2col(backend, ...)`` and so on). Skips without CuPy
-   or a CUDA device, with the reason.
+   path it replaces (``Backend.im2col(backend, ...)`` and so on). These cases are
+   collected where CuPy is installed, and skip there without a CUDA device, with the
+   reason.
 
 Every comparison is exact: the kernels copy, compare, and add in the generic path's
 order (see the comments in the sources). The max-pool argmax, which the generic path
 does not keep, is checked against the first maximum found in the generic window view.
 """
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -27,7 +29,7 @@ from minitorch_cnn import backends
 from minitorch_cnn.backends import cupy_backend
 from minitorch_cnn.backends.base import Backend, BackendUnavailable
 
-import cuda_host
+import fake_cupy
 
 KERNEL_DIR = Path(__file__).resolve().parents[1] / "kernels"
 SOURCES = sorted(KERNEL_DIR.glob("*.cu"))
@@ -57,43 +59,18 @@ def test_kernel_source_compiles_with_nvcc(source, tmp_path):
     assert entries == expected
 
 
-# ------------------------------------------------------- 2. the kernels on the CPU (g++)
-# (the host stand-ins for the CUDA built-ins are in cuda_host.py)
-
-
-class HostKernels(cupy_backend.CupyBackend):
-    """The CuPy backend's kernel methods on NumPy arrays; each launch runs the kernel's
-    source, compiled for the CPU, as a single thread."""
-
-    def __init__(self, library):
-        super().__init__(np)
-        self.library = library
-        self.launches = []
-
-    # NumPy arrays: the generic host-side methods, not CuPy's
-    to_numpy = Backend.to_numpy
-    seed = Backend.seed
-
-    def launch(self, kernel, dtype, total, args):
-        self.launches.append(kernel)
-        cuda_host.call(self.library, cupy_backend.entry_point(kernel, dtype), args)
-
-
-@pytest.fixture(scope="module")
-def host_library():
-    if cuda_host.compiler() is None:
-        pytest.skip("no C++ compiler (g++) to run the CUDA kernels on the CPU")
-    return cuda_host.compile_files(SOURCES)
-
-
-# ------------------------------------------------------- 3. the kernels on a GPU (CuPy)
-@pytest.fixture(params=["host", "cuda"])
+# --------------------------------------------- 2. and 3. the kernels on the CPU, on a GPU
+@pytest.fixture(params=["cupy-standin"] + (["cupy"] if importlib.util.find_spec("cupy") else []))
 def kernels(request):
     """A backend whose image ops run the CUDA kernels: on the CPU, or on a GPU."""
-    if request.param == "host":
-        return HostKernels(request.getfixturevalue("host_library"))
+    if request.param == "cupy-standin":
+        if shutil.which("g++") is None:
+            pytest.skip("no C++ compiler (g++) to run the CUDA kernels on the CPU")
+        with fake_cupy.installed() as be:
+            yield be
+        return
     try:
-        return backends.get_backend_by_name("cupy")
+        yield backends.get_backend_by_name("cupy")
     except BackendUnavailable as exc:
         pytest.skip(f"no CUDA GPU/CuPy: {exc}")
 
@@ -213,25 +190,33 @@ def test_kernels_cover_more_elements_than_one_grid(kernels):
 
 
 # ------------------------------------------------------------ what the kernels don't take
-def test_other_dtypes_and_large_pool_windows_take_the_generic_path(host_library):
-    be = HostKernels(host_library)
-    rng = np.random.default_rng(3)
-    half = rng.standard_normal((2, 6, 6, 3)).astype(np.float16)
-    _assert_same(be.im2col(half, 3, 3, 1, 1, 1, 1), Backend.im2col(be, half, 3, 3, 1, 1, 1, 1), be)
-    out, routing = be.max_pool(half, 2, 2, 2, 2, 0, 0)
-    _assert_same(out, Backend.max_pool(be, half, 2, 2, 2, 2, 0, 0)[0], be)
-    dout = np.ones_like(out)
-    _assert_same(be.max_pool_backward(dout, routing, half.shape, 2, 2, 2, 2, 0, 0),
-                 Backend.max_pool_backward(be, dout, routing, half.shape, 2, 2, 2, 2, 0, 0), be)
-    assert be.launches == []
-    # a 17x17 window has offsets up to 288, more than a uint8 argmax holds
-    x = rng.standard_normal((1, 17, 17, 2)).astype(np.float32)
-    out, routing = be.max_pool(x, 17, 17, 1, 1, 0, 0)
-    _assert_same(be.max_pool_backward(np.ones_like(out), routing, x.shape, 17, 17, 1, 1, 0, 0),
-                 Backend.max_pool_backward(be, np.ones_like(out), routing, x.shape, 17, 17, 1, 1, 0, 0), be)
-    assert be.launches == []
-    be.max_pool(x, 16, 16, 1, 1, 0, 0)  # offsets up to 255: the kernel's
-    assert be.launches == ["max_pool"]
+def kernel_launches():
+    """The raw kernels the stand-in ran since its counters were reset, by kernel name."""
+    return [name.split()[1].rsplit("_", 1)[0] for name in fake_cupy.counters.launches.elements()
+            if name.startswith("kernel ")]
+
+
+def test_other_dtypes_and_large_pool_windows_take_the_generic_path():
+    with fake_cupy.installed() as be:
+        rng = np.random.default_rng(3)
+        half = be.asarray(rng.standard_normal((2, 6, 6, 3)).astype(np.float16))
+        fake_cupy.counters.reset()
+        _assert_same(be.im2col(half, 3, 3, 1, 1, 1, 1), Backend.im2col(be, half, 3, 3, 1, 1, 1, 1), be)
+        out, routing = be.max_pool(half, 2, 2, 2, 2, 0, 0)
+        _assert_same(out, Backend.max_pool(be, half, 2, 2, 2, 2, 0, 0)[0], be)
+        dout = be.xp.ones_like(out)
+        _assert_same(be.max_pool_backward(dout, routing, half.shape, 2, 2, 2, 2, 0, 0),
+                     Backend.max_pool_backward(be, dout, routing, half.shape, 2, 2, 2, 2, 0, 0), be)
+        assert kernel_launches() == []
+        # a 17x17 window has offsets up to 288, more than a uint8 argmax holds
+        x = be.asarray(rng.standard_normal((1, 17, 17, 2)).astype(np.float32))
+        out, routing = be.max_pool(x, 17, 17, 1, 1, 0, 0)
+        ones = be.xp.ones_like(out)
+        _assert_same(be.max_pool_backward(ones, routing, x.shape, 17, 17, 1, 1, 0, 0),
+                     Backend.max_pool_backward(be, ones, routing, x.shape, 17, 17, 1, 1, 0, 0), be)
+        assert kernel_launches() == []
+        be.max_pool(x, 16, 16, 1, 1, 0, 0)  # offsets up to 255: the kernel's
+        assert kernel_launches() == ["max_pool"]
 
 
 def test_has_kernel_limits():
