@@ -26,6 +26,7 @@ from minitorch_cnn.checkpoint import load_checkpoint
 from minitorch_cnn.models import get_model, get_spec
 
 import fake_cupy
+from benchmarks import gpu_check
 
 HINT = "minitorch_cnn[cuda12]"
 
@@ -393,7 +394,7 @@ def idx_dir(tmp_path_factory):
 
 
 def cli(idx_dir, out, backend_name, *extra, epochs=2):
-    """lenet by the calm protocol (see CALM below), so that both backends end close."""
+    """lenet by the calm protocol (gpu_check.CALM), so that both backends end close."""
     return train_mod.main(["--backend", backend_name, "--model", "lenet", "--lr", "0.02", "--momentum", "0.9",
                            "--data-dir", idx_dir, "--batch-size", "32", "--epochs", str(epochs),
                            "--log-every", "2", "--no-progress", "--out", str(out), *extra])
@@ -457,36 +458,17 @@ def test_a_training_step_queues_a_steady_number_of_launches_and_never_syncs(name
 
 
 # ---------------------------- 1 epoch of the zoo's LeNet on Fashion-MNIST, NumPy vs CuPy
-# A calm protocol: lenet at SGD lr 0.02, momentum 0.9 (not its own lr 0.1 without
-# momentum). At lr 0.1 the run is chaotic: scaling the initial weights by 1 + one float32
-# ulp moved the accuracy after one epoch by up to 10 points, so GPU and CPU, which round
-# differently in every sum, could differ by that much with both correct. At lr 0.02 with
-# momentum the same perturbation moved it by at most 0.1 point (issue 19), so 0.3 points,
-# three times that spread, is a real check of the GPU path and not a coin toss. lenet
-# rather than bn-cnn because the same protocol is cheap on the NumPy side too.
-CALM = dict(lr=0.02, momentum=0.9, batch_size=100)
-ACCURACY_TOLERANCE = 0.3
-
-
-def one_epoch_accuracy(backend_name, train, test):
-    """Test accuracy (%) of the zoo's "lenet" after one epoch on ``train`` with the calm
-    protocol above, all on ``backend_name``."""
-    norm = mt.data.NORMALIZATION["fashion-mnist"]
-    with mt.backend(backend_name) as be:
-        mt.manual_seed(0)
-        model = get_model("lenet")
-        opt = optim.SGD(model.parameters(), lr=CALM["lr"], momentum=CALM["momentum"])
-        loader = mt.data.DataLoader(*train, batch_size=CALM["batch_size"], shuffle=True, seed=0,
-                                    mean=norm[0], std=norm[1], xp=be.xp)
-        training.train_epoch(model, opt, loader, "cross_entropy", epoch=0, seed=0)
-        _, accuracy = training.evaluate(model, mt.data.DataLoader(*test, batch_size=1000, mean=norm[0],
-                                                                  std=norm[1], xp=be.xp), "cross_entropy")
-        return 100.0 * accuracy
-
-
 @pytest.mark.slow
 def test_one_epoch_of_lenet_reaches_the_same_accuracy_as_numpy():
-    """On a real GPU only: on the stand-in, NumPy would be compared with itself."""
+    """A calm protocol (``gpu_check.CALM``): lenet at SGD lr 0.02, momentum 0.9, not its
+    own lr 0.1 without momentum. At lr 0.1 the run is chaotic: scaling the initial
+    weights by 1 + one float32 ulp moved the accuracy after one epoch by up to 10 points,
+    so GPU and CPU, which round differently in every sum, could differ by that much with
+    both right. At lr 0.02 with momentum the same perturbation moved it by at most 0.1
+    point (issue 19), so ``ACCURACY_TOLERANCE``, 0.3 points, three times that spread,
+    checks the GPU path rather than tossing a coin. lenet rather than bn-cnn (as calm)
+    because the protocol is cheap on the NumPy side too. On a real GPU only: on the
+    stand-in NumPy would be compared with itself."""
     try:
         backends.get_backend_by_name("cupy")
     except mt.BackendUnavailable as exc:
@@ -497,7 +479,26 @@ def test_one_epoch_of_lenet_reaches_the_same_accuracy_as_numpy():
     except mt.data.DatasetNotFoundError as exc:
         pytest.skip(f"Fashion-MNIST not on this machine: {exc}")
     train = (images[:10000], labels[:10000])
-    cpu_acc = one_epoch_accuracy("numpy", train, test)
-    gpu_acc = one_epoch_accuracy("cupy", train, test)
+    cpu_acc = gpu_check.one_epoch_accuracy("numpy", train, test)
+    gpu_acc = gpu_check.one_epoch_accuracy("cupy", train, test)
     assert cpu_acc > 70, f"LeNet learned too little in one epoch on NumPy: {cpu_acc:.2f}%"
-    assert abs(gpu_acc - cpu_acc) <= ACCURACY_TOLERANCE, f"cupy {gpu_acc:.2f}% vs numpy {cpu_acc:.2f}%"
+    assert abs(gpu_acc - cpu_acc) <= gpu_check.ACCURACY_TOLERANCE, f"cupy {gpu_acc:.2f}% vs numpy {cpu_acc:.2f}%"
+
+
+# ------------------------------------------------- make gpu-check's script, on the stand-in
+def test_gpu_check_runs_each_part_on_the_standin(idx_dir, tmp_path, capsys):
+    report = tmp_path / "gpu-check.md"
+    code = gpu_check.main(["--standin", "--parts", "accuracy,train,steps", "--data-dir", idx_dir,
+                           "--train-images", "64", "--models", "lenet", "--report", str(report)])
+    text = report.read_text()
+    assert code == 0, text
+    assert "## accuracy: ok" in text and "## train: ok" in text and "## steps: ok" in text
+    assert "| lenet | 100 |" in text and "PyTorch CUDA not measured" in text
+    assert '"backend": "cupy"' in text
+
+
+def test_gpu_check_pytest_parts_run_the_suites_on_the_chosen_backend():
+    ok, body = gpu_check.pytest_part(["tests/test_cupy_backend.py"], "cupy-standin", 300,
+                                     ("-k", "refuses_implicit or out_of_range_target"))
+    assert ok, "\n".join(body)
+    assert "MT_TEST_BACKEND=cupy-standin" in body[0] and any(" passed" in line for line in body)
