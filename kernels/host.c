@@ -92,7 +92,7 @@ void max_pool(const float *x, float *out, uint8_t *arg,
 // under overlapping windows sums its shares in the generic path's order (both give
 // bitwise the same sums). With `passed` (the pool's output, not NULL) the pool followed
 // a ReLU: a window's gradient goes on only where its maximum, the ReLU's output at the
-// argmax, is > 0 (ReLU's backward, y > 0 ? g : 0, taken before the pool's).
+// argmax, is not <= 0 (ReLU's backward, y <= 0 ? 0 : g, taken before the pool's).
 static void pool_backward_plane(const float *dout, const uint8_t *arg, const float *passed, float *dx,
                                 int64_t H, int64_t W, int64_t N, int64_t kh, int64_t kw,
                                 int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t OH, int64_t OW)
@@ -116,7 +116,7 @@ static void pool_backward_plane(const float *dout, const uint8_t *arg, const flo
                     if (passed) {
                         const float *p = passed + o;
                         for (int64_t n = 0; n < N; ++n)
-                            d[n] += a[n] == k && p[n] > 0.0f ? g[n] : 0.0f;
+                            d[n] += a[n] == k && !(p[n] <= 0.0f) ? g[n] : 0.0f;
                     } else {
                         for (int64_t n = 0; n < N; ++n)
                             d[n] += a[n] == k ? g[n] : 0.0f;
@@ -180,12 +180,13 @@ void relu(const float *x, float *y, int64_t count)
         y[i] = x[i] < 0.0f ? 0.0f : x[i];
 }
 
-// ReLU's gradient from its output y: g where y > 0, else 0 (0 also where g is inf or
-// NaN, as PyTorch's threshold_backward), over `count` elements in memory order.
+// ReLU's gradient from its output y: 0 where y <= 0 (also where g is inf or NaN), else
+// g, a NaN output included (PyTorch's threshold_backward), over `count` elements in
+// memory order.
 void relu_backward(const float *g, const float *y, float *dx, int64_t count)
 {
     for (int64_t i = 0; i < count; ++i)
-        dx[i] = y[i] > 0.0f ? g[i] : 0.0f;
+        dx[i] = y[i] <= 0.0f ? 0.0f : g[i];
 }
 
 // ---- batch normalisation over rows: channel c's values are x[c*count .. (c+1)*count) ----
@@ -287,7 +288,7 @@ static void normalise_row_backward(const float *g, const float *row, float *d, i
 }
 
 // With ReLU's output y (not NULL), g is the gradient of y and first passes ReLU's
-// backward (y > 0 ? g : 0), made here into gx's row, which stays in cache.
+// backward (y <= 0 ? 0 : g), made here into gx's row, which stays in cache.
 void batch_norm_backward(const float *g, const float *x, const float *mean,
                          const float *inv_std, const float *weight, float *gx,
                          float *g_xhat, float *g_sum, int64_t channels, int64_t count,
@@ -299,7 +300,7 @@ void batch_norm_backward(const float *g, const float *x, const float *mean,
             const float *yrow = y + c * count;
             float *masked = gx + c * count;
             for (int64_t i = 0; i < count; ++i)
-                masked[i] = yrow[i] > 0.0f ? grow[i] : 0.0f;
+                masked[i] = yrow[i] <= 0.0f ? 0.0f : grow[i];
             grow = masked;
         }
         normalise_row_backward(grow, x + c * count, gx + c * count, count, mean[c], inv_std[c],

@@ -8,8 +8,10 @@ import torch
 import minitorch_cnn as mt
 import minitorch_cnn.nn.functional as F
 from minitorch_cnn import backends
+from minitorch_cnn.backends import Window
 from optest import split_everything
 
+WHOLE = 1 << 62  # a cache block no product reaches: the product whole
 CASES = [  # (C, H, W, N), Cout, kernel, stride, padding
     ((1, 9, 7, 3), 4, (3, 2), (1, 1), (1, 0)),
     ((3, 11, 10, 2), 5, (3, 3), (2, 1), (1, 1)),
@@ -35,8 +37,8 @@ def test_row_blocks_equal_one_product(host, shape, cout, kernel, stride, padding
     x = rng.standard_normal(shape).astype(np.float32)
     w2 = rng.standard_normal((cout, shape[0] * kernel[0] * kernel[1])).astype(np.float32)
     bias = rng.standard_normal(cout).astype(np.float32)
-    args = (x, w2, bias, *kernel, *stride, *padding)
-    host.cache_block_bytes = None
+    args = (x, w2, bias, Window(*kernel, *stride, *padding))
+    host.cache_block_bytes = WHOLE
     whole, whole_backward = host.conv2d(*args, weight_grad=weight_grad)
     host.cache_block_bytes = 1  # one output row per block
     blocked, blocked_backward = host.conv2d(*args, weight_grad=weight_grad)
@@ -59,7 +61,7 @@ def _weight_grad_reference(x, gc, kernel, stride, padding):
     return gc.astype(np.float64) @ cols.reshape(c * kh * kw, -1).T
 
 
-@pytest.mark.parametrize("blocks", [None, 1])
+@pytest.mark.parametrize("blocks", [WHOLE, 1])
 @pytest.mark.parametrize("shape,cout,kernel,stride,padding", CASES)
 def test_weight_backward_gives_the_bias_gradient_with_it(host, shape, cout, kernel, stride, padding, blocks):
     """With ``bias_grad`` the function for the weight's gradient also gives the bias's,
@@ -67,7 +69,7 @@ def test_weight_backward_gives_the_bias_gradient_with_it(host, shape, cout, kern
     rng = np.random.default_rng(1)
     x = rng.standard_normal(shape).astype(np.float32)
     w2 = rng.standard_normal((cout, shape[0] * kernel[0] * kernel[1])).astype(np.float32)
-    args = (x, w2, rng.standard_normal(cout).astype(np.float32), *kernel, *stride, *padding)
+    args = (x, w2, rng.standard_normal(cout).astype(np.float32), Window(*kernel, *stride, *padding))
     host.cache_block_bytes = blocks
     out, backward = host.conv2d(*args, weight_grad=True)
     out_both, backward_both = host.conv2d(*args, weight_grad=True, bias_grad=True)
@@ -88,11 +90,11 @@ def test_blocked_input_grad_equals_col2im_of_one_product(host, shape, cout, kern
     _, h, w, n = shape
     oh, ow = ((size + 2 * p - k) // s + 1 for size, k, s, p in zip((h, w), kernel, stride, padding))
     gc = rng.standard_normal((cout, oh * ow * n)).astype(np.float32)
-    args = (w2, gc, shape, *kernel, *stride, *padding)
-    host.cache_block_bytes = None
+    args = (w2, gc, shape, Window(*kernel, *stride, *padding))
+    host.cache_block_bytes = WHOLE
     whole = host.conv2d_input_grad(*args)
     dcols = (w2.T @ gc).reshape(shape[0], *kernel, oh, ow, n)
-    np.testing.assert_array_equal(whole, host.col2im(dcols, shape, *stride, *padding))
+    np.testing.assert_array_equal(whole, host.col2im(dcols, shape, args[-1]))
     host.cache_block_bytes = 1  # one output row per block
     with split_everything(threads):
         blocked = host.conv2d_input_grad(*args)
@@ -125,9 +127,9 @@ def test_blocks_that_share_one_buffer_are_at_most_buffer_block_bytes(host):
     total = 8 << 20  # 8 MB over 64 output rows
     kept, buffered = host._rows_per_block(64, total), host._rows_per_block(64, total, buffered=True)
     assert kept > buffered == 1
-    host.buffer_block_bytes = None
+    host.buffer_block_bytes = host.cache_block_bytes
     assert host._rows_per_block(64, total, buffered=True) == kept
-    host.cache_block_bytes = None  # no blocking at all
+    host.cache_block_bytes = host.buffer_block_bytes = WHOLE  # no blocking at all
     assert host._rows_per_block(64, total, buffered=True) is None
 
 

@@ -17,7 +17,7 @@ import pytest
 import minitorch_cnn as mt
 import minitorch_cnn.nn.functional as F
 from minitorch_cnn.backends import host_kernels, sources
-from minitorch_cnn.backends.base import Backend
+from minitorch_cnn.backends.reference import Backend, Window
 from minitorch_cnn.backends.host import HostBackend
 from optest import split_everything
 from test_kernels import POOL_WINDOWS, WINDOWS, _first_argmax, _ids, _pool_input, _rng
@@ -27,7 +27,7 @@ from test_kernels import POOL_WINDOWS, WINDOWS, _first_argmax, _ids, _pool_input
 def host(request):
     """The NumPy backend with its C kernels, whole or with every piece of work split."""
     be = mt.backends.get_backend_by_name("numpy")
-    be._kernels_for()
+    be.kernels_for()
     if be.kernels is None:
         pytest.skip(f"the C kernels are unavailable here: {be.kernels_unavailable}")
     if request.param == 1:
@@ -41,18 +41,18 @@ def host(request):
 @pytest.mark.parametrize("case", POOL_WINDOWS, ids=_ids)
 def test_max_pool_and_backward_match_the_generic_path(host, case, values):
     c, h, w, n, kh, kw, sh, sw, ph, pw = case
-    window = (kh, kw, sh, sw, ph, pw)
+    window = Window(kh, kw, sh, sw, ph, pw)
     rng = _rng(case, np.float32)
     x = _pool_input(rng, (c, h, w, n), values, np.float32)
-    out, arg = host.max_pool(x, *window)
-    want_out, routing = Backend.max_pool(host, x, *window)
+    out, arg = host.max_pool(x, window)
+    want_out, routing = Backend.max_pool(host, x, window)
     assert arg.dtype == np.uint8
     np.testing.assert_array_equal(out, want_out)
-    np.testing.assert_array_equal(arg, _first_argmax(host, x, want_out, *window))
+    np.testing.assert_array_equal(arg, _first_argmax(host, x, want_out, window))
 
     dout = rng.standard_normal(out.shape).astype(np.float32)
-    np.testing.assert_array_equal(host.max_pool_backward(dout, arg, x.shape, *window),
-                                  Backend.max_pool_backward(host, dout, routing, x.shape, *window))
+    np.testing.assert_array_equal(host.max_pool_backward(dout, arg, x.shape, window),
+                                  Backend.max_pool_backward(host, dout, routing, x.shape, window))
 
 
 @contextlib.contextmanager
@@ -68,8 +68,9 @@ def generic(host):
 @pytest.mark.parametrize("case", WINDOWS, ids=_ids)
 def test_col2im_and_the_blocked_input_gradient_match_the_generic_path(host, case, monkeypatch):
     c, h, w, n, kh, kw, sh, sw, ph, pw = case
+    window = Window(kh, kw, sh, sw, ph, pw)
     rng = _rng(case, np.float32)
-    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    oh, ow = window.out_size(h, w)
     cols = rng.standard_normal((c, kh, kw, oh, ow, n)).astype(np.float32)
     w2 = rng.standard_normal((3, c * kh * kw)).astype(np.float32)
     gc = rng.standard_normal((3, oh * ow * n)).astype(np.float32)
@@ -78,9 +79,9 @@ def test_col2im_and_the_blocked_input_gradient_match_the_generic_path(host, case
     monkeypatch.setattr(host.kernels, "col2im_add", lambda *a: calls.append(a) or real(*a))
     monkeypatch.setattr(host, "cache_block_bytes", 1)  # one output row per block
     monkeypatch.setattr(host, "SMALL_CONV_CHANNELS", 0)  # the input gradient by col2im, for every case
-    got = host.col2im(cols, (c, h, w, n), sh, sw, ph, pw), host.conv2d_input_grad(w2, gc, (c, h, w, n), kh, kw, sh, sw, ph, pw)
+    got = host.col2im(cols, (c, h, w, n), window), host.conv2d_input_grad(w2, gc, (c, h, w, n), window)
     with generic(host):
-        want = host.col2im(cols, (c, h, w, n), sh, sw, ph, pw), host.conv2d_input_grad(w2, gc, (c, h, w, n), kh, kw, sh, sw, ph, pw)
+        want = host.col2im(cols, (c, h, w, n), window), host.conv2d_input_grad(w2, gc, (c, h, w, n), window)
     for a, b in zip(got, want):
         np.testing.assert_array_equal(a, b)
     assert calls
@@ -96,9 +97,9 @@ def test_add_columns_adds_to_what_is_there_and_skips_odd_layouts(host):
             dx = start.copy()
             if use is None:
                 with generic(host):
-                    host.add_columns(view, dx[:, 1:], 2, 2)
+                    host.add_columns(view, dx[:, 1:], Window(3, 3, 2, 2, 0, 0))
             else:
-                host.add_columns(view, dx[:, 1:], 2, 2)
+                host.add_columns(view, dx[:, 1:], Window(3, 3, 2, 2, 0, 0))
             results.append(dx)
         np.testing.assert_array_equal(results[-2], results[-1])
     assert not np.array_equal(results[0], start)
@@ -106,19 +107,25 @@ def test_add_columns_adds_to_what_is_there_and_skips_odd_layouts(host):
 
 def test_max_pool_propagates_nan(host):
     x = _pool_input(np.random.default_rng(11), (3, 9, 9, 4), "nan", np.float32)
-    out, _ = host.max_pool(x, 3, 3, 2, 2, 1, 1)
-    want = Backend.max_pool(host, x, 3, 3, 2, 2, 1, 1)[0]
+    out, _ = host.max_pool(x, Window(3, 3, 2, 2, 1, 1))
+    want = Backend.max_pool(host, x, Window(3, 3, 2, 2, 1, 1))[0]
     assert np.isnan(want).any() and not np.isnan(want).all()
     np.testing.assert_array_equal(out, want)
 
 
-def test_other_dtypes_and_large_windows_take_the_generic_path(host):
+def test_other_dtypes_and_large_windows_take_the_reference_path(host, monkeypatch):
     x = np.random.default_rng(3).standard_normal((2, 17, 17, 3))
-    for dtype, window in [(np.float64, 2), (np.float16, 2), (np.float32, 17)]:
-        _, routing = host.max_pool(x.astype(dtype), window, window, 1, 1, 0, 0)
-        assert isinstance(routing, tuple)  # the generic body's (padded input, maxima)
-    _, routing = host.max_pool(x.astype(np.float32), 16, 16, 1, 1, 0, 0)  # offsets up to 255
-    assert isinstance(routing, np.ndarray)
+    calls = []
+    real = host.kernels.max_pool
+    monkeypatch.setattr(host.kernels, "max_pool", lambda *a: calls.append(a) or real(*a))
+    for dtype, size in [(np.float64, 2), (np.float16, 2), (np.float32, 17)]:
+        out, arg = host.max_pool(x.astype(dtype), Window(size, size, 1, 1, 0, 0))
+        want = Backend.max_pool(host, x.astype(dtype), Window(size, size, 1, 1, 0, 0))
+        np.testing.assert_array_equal(out, want[0])
+        np.testing.assert_array_equal(arg, want[1])
+    assert not calls
+    host.max_pool(x.astype(np.float32), Window(16, 16, 1, 1, 0, 0))  # offsets up to 255
+    assert calls  # one call per block of channels
 
 
 def _relu_case(layout):
@@ -145,8 +152,9 @@ def test_relu_backward_matches_the_generic_path(host, layout, monkeypatch):
     monkeypatch.setattr(host.kernels, "relu_backward", lambda *a: kernel_calls.append(a) or real(*a))
     dx = host.relu_backward(g, y)
     np.testing.assert_array_equal(dx, Backend.relu_backward(host, g, y))
-    assert dx.strides == np.empty_like(y).strides  # y's memory order
     assert bool(kernel_calls) == (layout in ("chwn", "nchw"))
+    if kernel_calls:
+        assert dx.strides == np.empty_like(y).strides  # y's memory order
 
 
 @pytest.mark.parametrize("layout", ["chwn", "nchw", "strided"])
@@ -161,17 +169,14 @@ def test_relu_matches_the_generic_path(host, layout, monkeypatch):
     assert np.isnan(y[0, 0, 0, 0]) and (y[~np.isnan(y)] >= 0).all()
     assert y.strides == np.empty_like(x).strides  # x's memory order
     assert bool(kernel_calls) == (layout in ("chwn", "nchw"))
-    in_place = x.copy(order="K")  # dense: the kernel's, whatever x's layout
-    assert host.relu(in_place, out=in_place) is in_place
-    np.testing.assert_array_equal(in_place, y)
 
 
 def test_relu_backward_stops_inf_and_nan_where_relu_was_off(host):
-    """As PyTorch's threshold_backward: no gradient at all where y <= 0, not g * 0; the
-    generic body too."""
-    g = np.array([np.inf, np.nan, 2.0, -np.inf, np.nan], dtype=np.float32)
+    """As PyTorch's threshold_backward: no gradient at all where y <= 0, not g * 0, and
+    the gradient passed on where y is NaN; the reference body too."""
+    g = np.array([np.inf, np.nan, 2.0, -np.inf, 5.0], dtype=np.float32)
     y = np.array([0.0, -1.0, 3.0, 1.0, np.nan], dtype=np.float32)
-    want = [0.0, 0.0, 2.0, -np.inf, 0.0]
+    want = [0.0, 0.0, 2.0, -np.inf, 5.0]
     np.testing.assert_array_equal(host.relu_backward(g, y), want)
     np.testing.assert_array_equal(Backend.relu_backward(host, g, y), want)
 
@@ -223,14 +228,14 @@ def _small_conv_case(case):
     x = rng.standard_normal((c, h, w, n)).astype(np.float32)
     w2 = rng.standard_normal((cout, c * kernel[0] * kernel[1])).astype(np.float32)
     bias = rng.standard_normal(cout).astype(np.float32)
-    return x, w2, bias, (*kernel, 1, 1, *padding)
+    return x, w2, bias, Window(*kernel, 1, 1, *padding)
 
 
 def _small_conv_all(be, x, w2, bias, window, gc=None):
     """Output, weight and bias gradients and input gradient of one convolution on ``be``."""
-    out, backward = be.conv2d(x, w2, bias, *window, weight_grad=True, bias_grad=True)
+    out, backward = be.conv2d(x, w2, bias, window, weight_grad=True, bias_grad=True)
     gc = np.random.default_rng(5).standard_normal((w2.shape[0], out[0].size)).astype(x.dtype) if gc is None else gc
-    return (out, *backward(gc), be.conv2d_input_grad(w2, gc, x.shape, *window)), gc
+    return (out, *backward(gc), be.conv2d_input_grad(w2, gc, x.shape, window)), gc
 
 
 @pytest.mark.parametrize("case", SMALL_CONVS, ids=_small_conv_ids)
@@ -253,7 +258,7 @@ def test_small_convolutions_read_their_columns_in_place(host, case, monkeypatch)
     assert {"conv_forward", "conv_weight_grad"} <= set(calls)
     kh, kw, _, _, ph, pw = window
     calls.clear()
-    host.conv2d_input_grad(w2, gc, x.shape, *window)
+    host.conv2d_input_grad(w2, gc, x.shape, window)
     assert bool(calls) == (ph < kh and pw < kw)  # else the flipped kernel's padding would be negative
 
 
@@ -261,7 +266,7 @@ def test_small_convolutions_read_their_columns_in_place(host, case, monkeypatch)
 @pytest.mark.parametrize("case", SMALL_CONVS, ids=_small_conv_ids)
 def test_small_convolutions_split_never_change_a_number(case, threads):
     be = mt.backends.get_backend_by_name("numpy")
-    if be._kernels_for() is None:
+    if be.kernels_for() is None:
         pytest.skip(f"the C kernels are unavailable here: {be.kernels_unavailable}")
     x, w2, bias, window = _small_conv_case(case)
     whole, gc = _small_conv_all(be, x, w2, bias, window)
@@ -280,7 +285,7 @@ def test_other_convolutions_take_the_column_path(host, change, monkeypatch):
                               "float64": (2, 3, 1, np.float64)}[change]
     x = rng.standard_normal((c, 6, 6, 4)).astype(dtype)
     w2 = rng.standard_normal((cout, c * 9)).astype(dtype)
-    window = (3, 3, stride, stride, 1, 1)
+    window = Window(3, 3, stride, stride, 1, 1)
     for name in ("conv_forward", "conv_weight_grad"):
         monkeypatch.setattr(host.kernels, name, lambda *a: pytest.fail("a kernel ran"))
     (out, *_), _ = _small_conv_all(host, x, w2, None, window)
@@ -326,7 +331,7 @@ def test_batch_norm_relu_pool_is_the_three_kernels_in_turn(host, case, affine, v
     c, h, w, n, kh, kw, sh, sw, ph, pw = case
     if h * w * n < 2:
         pytest.skip("batch statistics need two values per channel")
-    window, shape = (kh, kw, sh, sw, ph, pw), (c, h, w, n)
+    window, shape = Window(kh, kw, sh, sw, ph, pw), (c, h, w, n)
     rng = _rng(case, np.float32)
     rows = _pool_input(rng, shape, values, np.float32).reshape(c, -1) * 3 + 1
     weight = rng.standard_normal(c).astype(np.float32) if affine else None
@@ -338,7 +343,7 @@ def test_batch_norm_relu_pool_is_the_three_kernels_in_turn(host, case, affine, v
 
     pooled, arg, mean, var, inv_std = host.batch_norm_pool(rows, shape, weight, shift, 1e-5, window)
     out, *stats = host.batch_norm(rows, weight, shift, 1e-5, relu=True)
-    want_pooled, want_arg = host.max_pool(out.reshape(shape), *window)
+    want_pooled, want_arg = host.max_pool(out.reshape(shape), window)
     for got, want in zip((pooled, arg, mean, var, inv_std), (want_pooled, want_arg, *stats)):
         np.testing.assert_array_equal(got, want)
     assert not (pooled < 0).any() and np.isnan(pooled).any() == (values == "nan")
@@ -349,7 +354,7 @@ def test_batch_norm_relu_pool_is_the_three_kernels_in_turn(host, case, affine, v
 
     dout = rng.standard_normal(pooled.shape).astype(np.float32)
     got = host.batch_norm_pool_backward(dout, pooled, arg, shape, window, rows, mean, inv_std, weight, True)
-    g = host.max_pool_backward(dout, arg, shape, *window).reshape(rows.shape)
+    g = host.max_pool_backward(dout, arg, shape, window).reshape(rows.shape)
     for a, b in zip(got, host.batch_norm_backward(g, rows, mean, inv_std, weight, True, out)):
         np.testing.assert_array_equal(a, b)
     assert {"batch_norm_relu_pool", "batch_norm_relu_pool_backward", "scale_shift_relu_pool"} <= set(calls)
@@ -482,15 +487,16 @@ def test_the_backend_warns_once_and_runs_the_generic_bodies(monkeypatch):
         raise host_kernels.KernelsUnavailable("no working C compiler 'cc' (test)")
 
     monkeypatch.setattr(host_kernels, "load", unavailable)
-    be = HostBackend("numpy", np)
+    be = HostBackend("numpy")
     x = _pool_input(np.random.default_rng(0), (2, 6, 6, 3), "ties", np.float32)
+    tiles = Window(2, 2, 2, 2, 0, 0)
     with pytest.warns(RuntimeWarning, match=r"C kernels are unavailable \(no working C compiler"):
-        out, routing = be.max_pool(x, 2, 2, 2, 2, 0, 0)
-    assert isinstance(routing, tuple) and be.kernels_unavailable.startswith("no working C compiler")
-    np.testing.assert_array_equal(out, Backend.max_pool(be, x, 2, 2, 2, 2, 0, 0)[0])
+        out, arg = be.max_pool(x, tiles)
+    assert be.kernels is None and be.kernels_unavailable.startswith("no working C compiler")
+    np.testing.assert_array_equal(out, Backend.max_pool(be, x, tiles)[0])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        be.max_pool(x, 2, 2, 2, 2, 0, 0)  # once only
+        be.max_pool(x, tiles)  # once only
 
 
 def test_kernel_sources_are_found_and_a_missing_one_is_named(monkeypatch, tmp_path):

@@ -46,7 +46,7 @@ def split_calls(monkeypatch):
 
 def test_default_is_every_available_core(host):
     assert host_module.available_cores() >= 1
-    fresh = host_module.HostBackend("numpy", np)
+    fresh = host_module.HostBackend("numpy")
     assert fresh.threads == host_module.available_cores()
 
 

@@ -27,7 +27,7 @@ import pytest
 
 from minitorch_cnn import backends
 from minitorch_cnn.backends import cupy_backend
-from minitorch_cnn.backends.base import Backend, BackendUnavailable
+from minitorch_cnn.backends.reference import Backend, BackendUnavailable, Window
 
 import fake_cupy
 
@@ -111,15 +111,15 @@ def _assert_same(kernel_out, generic_out, be):
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("case", WINDOWS, ids=_ids)
 def test_im2col_and_col2im_match_the_generic_path(kernels, case, dtype):
-    c, h, w, n, kh, kw, sh, sw, ph, pw = case
+    window = Window(*case[4:])
     rng = _rng(case, dtype)
-    x = kernels.asarray(rng.standard_normal((c, h, w, n)).astype(dtype))
-    cols = kernels.im2col(x, kh, kw, sh, sw, ph, pw)
-    _assert_same(cols, Backend.im2col(kernels, x, kh, kw, sh, sw, ph, pw), kernels)
+    x = kernels.asarray(rng.standard_normal(case[:4]).astype(dtype))
+    cols = kernels.im2col(x, window)
+    _assert_same(cols, Backend.im2col(kernels, x, window), kernels)
 
     dcols = kernels.asarray(rng.standard_normal(cols.shape).astype(dtype))
-    dx = kernels.col2im(dcols, x.shape, sh, sw, ph, pw)
-    _assert_same(dx, Backend.col2im(kernels, dcols, x.shape, sh, sw, ph, pw), kernels)
+    dx = kernels.col2im(dcols, x.shape, window)
+    _assert_same(dx, Backend.col2im(kernels, dcols, x.shape, window), kernels)
 
 
 def _pool_input(rng, shape, values, dtype):
@@ -133,11 +133,11 @@ def _pool_input(rng, shape, values, dtype):
     return x
 
 
-def _first_argmax(be, x, out, kh, kw, sh, sw, ph, pw):
-    """Offset i*kw + j of each window's first maximum, from the generic window view."""
+def _first_argmax(be, x, out, window):
+    """Offset i*kw + j of each window's first maximum, from the window view."""
     c, oh, ow, n = out.shape
-    win = be.windows(be.pad(x, ph, pw, -np.inf), kh, kw, sh, sw, oh, ow)
-    hits = (win == out[:, None, None]).reshape(c, kh * kw, oh, ow, n)
+    win = be.windows(be.pad(x, window.ph, window.pw, -np.inf), window, oh, ow)
+    hits = (win == out[:, None, None]).reshape(c, window.kh * window.kw, oh, ow, n)
     return hits.argmax(axis=1).astype(np.uint8)
 
 
@@ -145,26 +145,26 @@ def _first_argmax(be, x, out, kh, kw, sh, sw, ph, pw):
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("case", POOL_WINDOWS, ids=_ids)
 def test_max_pool_and_backward_match_the_generic_path(kernels, case, dtype, values):
-    c, h, w, n, kh, kw, sh, sw, ph, pw = case
-    window = (kh, kw, sh, sw, ph, pw)
+    window = Window(*case[4:])
     rng = _rng(case, dtype)
-    x = kernels.asarray(_pool_input(rng, (c, h, w, n), values, dtype))
-    out, arg = kernels.max_pool(x, *window)
-    want_out, routing = Backend.max_pool(kernels, x, *window)
+    x = kernels.asarray(_pool_input(rng, case[:4], values, dtype))
+    out, arg = kernels.max_pool(x, window)
+    want_out, want_arg = Backend.max_pool(kernels, x, window)
     _assert_same(out, want_out, kernels)
-    _assert_same(arg, _first_argmax(kernels, x, want_out, *window), kernels)
+    _assert_same(arg, want_arg, kernels)
+    _assert_same(arg, _first_argmax(kernels, x, want_out, window), kernels)
 
     dout = kernels.asarray(rng.standard_normal(out.shape).astype(dtype))
-    _assert_same(kernels.max_pool_backward(dout, arg, x.shape, *window),
-                 Backend.max_pool_backward(kernels, dout, routing, x.shape, *window), kernels)
+    _assert_same(kernels.max_pool_backward(dout, arg, x.shape, window),
+                 Backend.max_pool_backward(kernels, dout, want_arg, x.shape, window), kernels)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 def test_max_pool_propagates_nan(kernels, dtype):
     rng = np.random.default_rng(11)
     x = kernels.asarray(_pool_input(rng, (3, 9, 9, 4), "nan", dtype))
-    out, _ = kernels.max_pool(x, 3, 3, 2, 2, 1, 1)
-    want = kernels.to_numpy(Backend.max_pool(kernels, x, 3, 3, 2, 2, 1, 1)[0])
+    out, _ = kernels.max_pool(x, Window(3, 3, 2, 2, 1, 1))
+    want = kernels.to_numpy(Backend.max_pool(kernels, x, Window(3, 3, 2, 2, 1, 1))[0])
     assert np.isnan(want).any() and not np.isnan(want).all()
     _assert_same(out, want, kernels)
 
@@ -176,17 +176,17 @@ def test_kernels_cover_more_elements_than_one_grid(kernels):
     rng = np.random.default_rng(7)
     x = kernels.asarray(rng.standard_normal((4, 64, 64, 160), dtype=np.float32))
     assert x.size > grid
-    cols = kernels.im2col(x, 2, 2, 2, 2, 0, 0)
+    tiles, pool = Window(2, 2, 2, 2, 0, 0), Window(3, 3, 1, 1, 1, 1)
+    cols = kernels.im2col(x, tiles)
     assert cols.size > grid
-    _assert_same(cols, Backend.im2col(kernels, x, 2, 2, 2, 2, 0, 0), kernels)
-    _assert_same(kernels.col2im(cols, x.shape, 2, 2, 0, 0),
-                 Backend.col2im(kernels, cols, x.shape, 2, 2, 0, 0), kernels)
-    out, arg = kernels.max_pool(x, 3, 3, 1, 1, 1, 1)
+    _assert_same(cols, Backend.im2col(kernels, x, tiles), kernels)
+    _assert_same(kernels.col2im(cols, x.shape, tiles), Backend.col2im(kernels, cols, x.shape, tiles), kernels)
+    out, arg = kernels.max_pool(x, pool)
     assert out.size > grid
-    want_out, routing = Backend.max_pool(kernels, x, 3, 3, 1, 1, 1, 1)
+    want_out, want_arg = Backend.max_pool(kernels, x, pool)
     _assert_same(out, want_out, kernels)
-    _assert_same(kernels.max_pool_backward(out, arg, x.shape, 3, 3, 1, 1, 1, 1),
-                 Backend.max_pool_backward(kernels, out, routing, x.shape, 3, 3, 1, 1, 1, 1), kernels)
+    _assert_same(kernels.max_pool_backward(out, arg, x.shape, pool),
+                 Backend.max_pool_backward(kernels, out, want_arg, x.shape, pool), kernels)
 
 
 # ------------------------------------------------------------ what the kernels don't take
@@ -196,26 +196,31 @@ def kernel_launches():
             if name.startswith("kernel ")]
 
 
-def test_other_dtypes_and_large_pool_windows_take_the_generic_path():
+def test_other_dtypes_and_large_pool_windows_take_the_reference_path():
     with fake_cupy.installed() as be:
         rng = np.random.default_rng(3)
         half = be.asarray(rng.standard_normal((2, 6, 6, 3)).astype(np.float16))
+        conv, tiles = Window(3, 3, 1, 1, 1, 1), Window(2, 2, 2, 2, 0, 0)
         fake_cupy.counters.reset()
-        _assert_same(be.im2col(half, 3, 3, 1, 1, 1, 1), Backend.im2col(be, half, 3, 3, 1, 1, 1, 1), be)
-        out, routing = be.max_pool(half, 2, 2, 2, 2, 0, 0)
-        _assert_same(out, Backend.max_pool(be, half, 2, 2, 2, 2, 0, 0)[0], be)
+        _assert_same(be.im2col(half, conv), Backend.im2col(be, half, conv), be)
+        out, arg = be.max_pool(half, tiles)
+        _assert_same(out, Backend.max_pool(be, half, tiles)[0], be)
         dout = be.xp.ones_like(out)
-        _assert_same(be.max_pool_backward(dout, routing, half.shape, 2, 2, 2, 2, 0, 0),
-                     Backend.max_pool_backward(be, dout, routing, half.shape, 2, 2, 2, 2, 0, 0), be)
+        _assert_same(be.max_pool_backward(dout, arg, half.shape, tiles),
+                     Backend.max_pool_backward(be, dout, arg, half.shape, tiles), be)
         assert kernel_launches() == []
         # a 17x17 window has offsets up to 288, more than a uint8 argmax holds
         x = be.asarray(rng.standard_normal((1, 17, 17, 2)).astype(np.float32))
-        out, routing = be.max_pool(x, 17, 17, 1, 1, 0, 0)
+        large = Window(17, 17, 1, 1, 0, 0)
+        out, arg = be.max_pool(x, large)
+        assert arg.dtype == np.int64
         ones = be.xp.ones_like(out)
-        _assert_same(be.max_pool_backward(ones, routing, x.shape, 17, 17, 1, 1, 0, 0),
-                     Backend.max_pool_backward(be, ones, routing, x.shape, 17, 17, 1, 1, 0, 0), be)
-        assert kernel_launches() == []
-        be.max_pool(x, 16, 16, 1, 1, 0, 0)  # offsets up to 255: the kernel's
+        fake_cupy.counters.reset()
+        _assert_same(be.max_pool_backward(ones, arg, x.shape, large),
+                     Backend.max_pool_backward(be, ones, arg, x.shape, large), be)
+        assert kernel_launches() == ["col2im", "col2im"]  # the reference pool's backward is a col2im
+        fake_cupy.counters.reset()
+        be.max_pool(x, Window(16, 16, 1, 1, 0, 0))  # offsets up to 255: the kernel's
         assert kernel_launches() == ["max_pool"]
 
 

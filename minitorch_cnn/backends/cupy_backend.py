@@ -1,7 +1,7 @@
-"""The CuPy backend: the engine's op bodies on GPU arrays, and CUDA kernels of its own
+"""The CuPy backend: the reference bodies on GPU arrays, and CUDA kernels of its own
 for the image ops where one pays (im2col, col2im, max pooling forward and backward).
 
-Every other op runs the generic body of :class:`~.base.Backend` with ``xp = cupy``.
+Every other op runs the reference body of :class:`~.reference.Backend` with ``xp = cupy``.
 The kernels are CUDA C sources, ``kernels/*.cu``, compiled once per process with
 ``cupy.RawModule`` (NVRTC; CuPy also caches the binaries on disk) and memoized. Each
 source exports one ``extern "C"`` entry point per dtype, ``<kernel>_float32`` and
@@ -23,7 +23,7 @@ import math
 
 import numpy as np
 
-from .base import Backend, BackendUnavailable, out_size
+from .reference import Backend, BackendUnavailable, implemented_by
 from .sources import read_kernel_source
 
 # The extras install CuPy with its CUDA toolkit wheels (NVRTC, cuBLAS, cuRAND: CuPy's
@@ -75,18 +75,24 @@ def launch_blocks(total):
     return min(-(-total // THREADS_PER_BLOCK), MAX_BLOCKS)
 
 
-def _geometry(x_shape, kh, kw, sh, sw, ph, pw, oh, ow):
+def _geometry(x_shape, window, oh, ow):
     """The (C, H, W, N, kh, kw, sh, sw, ph, pw, OH, OW) arguments every kernel takes, as the
     C ``int``s the kernels declare (a Python int would be passed as a 64-bit value)."""
-    return tuple(np.int32(v) for v in (*x_shape, kh, kw, sh, sw, ph, pw, oh, ow))
+    return tuple(np.int32(v) for v in (*x_shape, *window, oh, ow))
+
+
+def cuda_kernel(kernel):
+    """Label a method as the override of the reference body of the same name by the CUDA
+    kernel ``kernel`` (its source: ``KERNEL_SOURCES``), for the backend contract's table."""
+    return implemented_by(f"CUDA: `kernels/{KERNEL_SOURCES[kernel]}`")
 
 
 # ---- the backend ------------------------------------------------------------------------
 class CupyBackend(Backend):
-    """CuPy arrays; the image kernels of base.py replaced by CUDA kernels.
+    """CuPy arrays; some reference bodies replaced by CUDA kernels.
 
     ``Backend.im2col(self, ...)`` (and likewise for the others) still runs the plain-CuPy
-    generic path, which the tests compare the kernels against.
+    reference body, which the tests compare the kernels against.
     """
 
     def __init__(self, cupy):
@@ -152,55 +158,54 @@ class CupyBackend(Backend):
         sizes all indexable with 32-bit integers."""
         return np.dtype(dtype).name in KERNEL_DTYPES and all(s < INDEX_LIMIT for s in sizes)
 
-    # ---- image ops (same contracts as base.Backend) ---------------------------------------
-    def im2col(self, x, kh, kw, sh, sw, ph, pw, out=None):
+    # ---- image ops (the contracts of reference.Backend) ------------------------------------
+    @cuda_kernel("im2col")
+    def im2col(self, x, window):
         c, h, w, n = x.shape
-        oh, ow = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
-        shape = (c, kh, kw, oh, ow, n)
+        oh, ow = window.out_size(h, w)
+        shape = (c, window.kh, window.kw, oh, ow, n)
         if not self.has_kernel(x.dtype, x.size, math.prod(shape)):
-            return super().im2col(x, kh, kw, sh, sw, ph, pw, out)
+            return super().im2col(x, window)
         x = self.xp.ascontiguousarray(x)
-        cols = self.xp.empty(shape, dtype=x.dtype) if out is None else out
-        self.launch("im2col", x.dtype, cols.size,
-                    (x, cols) + _geometry(x.shape, kh, kw, sh, sw, ph, pw, oh, ow))
+        cols = self.xp.empty(shape, dtype=x.dtype)
+        self.launch("im2col", x.dtype, cols.size, (x, cols) + _geometry(x.shape, window, oh, ow))
         return cols
 
-    def col2im(self, cols, x_shape, sh, sw, ph, pw):
-        _, kh, kw, oh, ow, _ = cols.shape
+    @cuda_kernel("col2im")
+    def col2im(self, cols, x_shape, window):
+        _, _, _, oh, ow, _ = cols.shape
         dx_size = math.prod(x_shape)
         if not self.has_kernel(cols.dtype, cols.size, dx_size):
-            return super().col2im(cols, x_shape, sh, sw, ph, pw)
+            return super().col2im(cols, x_shape, window)
         cols = self.xp.ascontiguousarray(cols)
         dx = self.xp.empty(x_shape, dtype=cols.dtype)
-        self.launch("col2im", cols.dtype, dx_size,
-                    (cols, dx) + _geometry(x_shape, kh, kw, sh, sw, ph, pw, oh, ow))
+        self.launch("col2im", cols.dtype, dx_size, (cols, dx) + _geometry(x_shape, window, oh, ow))
         return dx
 
-    def max_pool(self, x, kh, kw, sh, sw, ph, pw):
-        """Window maxima and, as the routing for backward, the uint8 offset of each
-        window's first maximum (a kernel pays for an argmax; see base.Backend.max_pool)."""
+    @cuda_kernel("max_pool")
+    def max_pool(self, x, window):
         c, h, w, n = x.shape
-        oh, ow = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
+        oh, ow = window.out_size(h, w)
         shape = (c, oh, ow, n)
-        if kh * kw > MAX_POOL_WINDOW_LIMIT or not self.has_kernel(x.dtype, x.size, math.prod(shape)):
-            return super().max_pool(x, kh, kw, sh, sw, ph, pw)
+        if window.kh * window.kw > MAX_POOL_WINDOW_LIMIT or not self.has_kernel(x.dtype, x.size, math.prod(shape)):
+            return super().max_pool(x, window)
         x = self.xp.ascontiguousarray(x)
         out = self.xp.empty(shape, dtype=x.dtype)
         arg = self.xp.empty(shape, dtype=np.uint8)
         self.launch("max_pool", x.dtype, out.size,
-                    (x, out, arg) + _geometry(x.shape, kh, kw, sh, sw, ph, pw, oh, ow)
-                    + (x.dtype.type(-np.inf),))
+                    (x, out, arg) + _geometry(x.shape, window, oh, ow) + (x.dtype.type(-np.inf),))
         return out, arg
 
-    def max_pool_backward(self, dout, routing, x_shape, kh, kw, sh, sw, ph, pw):
-        if not isinstance(routing, self.xp.ndarray):  # the generic forward's routing
-            return super().max_pool_backward(dout, routing, x_shape, kh, kw, sh, sw, ph, pw)
+    @cuda_kernel("max_pool_backward")
+    def max_pool_backward(self, dout, arg, x_shape, window):
+        if arg.dtype != np.uint8 or not self.has_kernel(dout.dtype, dout.size, math.prod(x_shape)):
+            return super().max_pool_backward(dout, arg, x_shape, window)
         _, oh, ow, _ = dout.shape
         dout = self.xp.ascontiguousarray(dout)
-        arg = self.xp.ascontiguousarray(routing)
+        arg = self.xp.ascontiguousarray(arg)
         dx = self.xp.empty(x_shape, dtype=dout.dtype)
         self.launch("max_pool_backward", dout.dtype, dx.size,
-                    (dout, arg, dx) + _geometry(x_shape, kh, kw, sh, sw, ph, pw, oh, ow))
+                    (dout, arg, dx) + _geometry(x_shape, window, oh, ow))
         return dx
 
 

@@ -3,10 +3,10 @@
 A training step allocates the same large arrays every step: im2col columns,
 activations and gradients of megabytes each. glibc's malloc serves such blocks with
 fresh mmap()s and trims its heap when they are freed, so every step page-faults its
-whole working set in again and the kernel zeroes it. Measured on a convnet step
-(batch 64, one thread), that was half the step's time. Raising malloc's mmap and trim
-thresholds keeps the blocks in the heap, so each step reuses the last one's memory:
-buffer reuse across steps, without a pool of our own to get wrong.
+whole working set in again (docs/performance.md: half of a small step's time). Raising
+malloc's mmap and trim thresholds keeps the blocks in the heap, so each step reuses the
+last one's memory: buffer reuse across steps, without a pool of our own to get wrong.
+The NumPy backend applies it when it is first built, never at import.
 
 Set MINITORCH_MALLOC_TUNING=0 to leave malloc as it is. Elsewhere than glibc this
 does nothing.

@@ -1,9 +1,10 @@
 """Layers and the functional ops, under PyTorch's names."""
 from . import functional
+from .fusion import BatchNormReLU2d, fuse_modules
 from .modules import (AvgPool2d, BatchNorm2d, Conv2d, CrossEntropyLoss, Dropout, Dropout2d,
-                      Flatten, Linear, LogSoftmax, MaxPool2d, Module, NLLLoss, Parameter, ReLU,
-                      Sequential, Softmax)
+                      Flatten, Identity, Linear, LogSoftmax, MaxPool2d, Module, NLLLoss, Parameter,
+                      ReLU, Sequential, Softmax)
 
 __all__ = ["functional", "Module", "Parameter", "Conv2d", "Linear", "MaxPool2d", "AvgPool2d",
            "ReLU", "Dropout", "Dropout2d", "BatchNorm2d", "Flatten", "LogSoftmax", "Softmax",
-           "Sequential", "CrossEntropyLoss", "NLLLoss"]
+           "Sequential", "Identity", "CrossEntropyLoss", "NLLLoss", "BatchNormReLU2d", "fuse_modules"]

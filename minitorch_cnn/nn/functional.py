@@ -1,7 +1,7 @@
 """The CNN ops, each a small :class:`Function` over raw arrays of any backend.
 
 Images are NCHW at the API. Internally the image ops (conv, pooling, batch-norm)
-compute on batch-innermost ``(C, H, W, N)`` arrays (see ``backends/base.py`` for why)
+compute on batch-innermost ``(C, H, W, N)`` arrays (see ``backends/reference.py`` for why)
 and return NCHW-shaped *views* of that memory, so a chain of them never transposes:
 ``_chwn`` below is free whenever its input came from another image op.
 """
@@ -25,13 +25,6 @@ def _chwn_shape(nchw_shape):
     return c, h, w, n
 
 
-# Row sums of a (rows, columns) matrix as a matrix product: BLAS runs it 2-5x faster
-# than NumPy's a.sum(axis=1) on activation-sized rows.
-def _row_sum(a):
-    be = backends.backend_of(a)
-    return be.matmul(a, be.xp.ones(a.shape[1], dtype=a.dtype))
-
-
 def _pair(value, name):
     pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
     if len(pair) != 2 or not all(isinstance(v, int) and v >= 0 for v in pair):
@@ -45,7 +38,8 @@ def _check_image(x, op):
 
 
 def _window(x, kernel, stride, padding, op):
-    """(kh, kw, sh, sw, ph, pw) for a sliding window over ``x``, checked."""
+    """The :class:`~minitorch_cnn.backends.Window` of ``kernel``, ``stride`` and ``padding``
+    over ``x``, checked."""
     _check_image(x, op)
     kh, kw = _pair(kernel, "kernel_size")
     sh, sw = _pair(stride, "stride")
@@ -55,7 +49,7 @@ def _window(x, kernel, stride, padding, op):
     h, w = x.shape[2] + 2 * ph, x.shape[3] + 2 * pw
     if h < kh or w < kw:
         raise ValueError(f"{op}: kernel {kh}x{kw} is larger than the padded input {h}x{w}")
-    return kh, kw, sh, sw, ph, pw
+    return backends.Window(kh, kw, sh, sw, ph, pw)
 
 
 # ---- convolution -------------------------------------------------------------------
@@ -68,30 +62,29 @@ class Conv2d(Function):
         cout, cin, kh, kw = w.shape
         if x.shape[1] != cin:
             raise ValueError(f"conv2d: input has {x.shape[1]} channels, weight {tuple(w.shape)} expects {cin}")
-        _, _, sh, sw, ph, pw = _window(x, (kh, kw), stride, padding, "conv2d")
+        window = _window(x, (kh, kw), stride, padding, "conv2d")
         be = backends.backend_of(x)
         xc = _chwn(x)
         w2 = w.reshape(cout, -1)
         self.has_bias = bool(bias)
         out, self.weight_backward = be.conv2d(
-            xc, w2, bias[0] if bias else None, kh, kw, sh, sw, ph, pw, weight_grad=self.needs_grad[1],
+            xc, w2, bias[0] if bias else None, window, weight_grad=self.needs_grad[1],
             bias_grad=self.has_bias and self.needs_grad[1] and self.needs_grad[2])
-        self.geometry = xc.shape, (kh, kw, sh, sw, ph, pw)
+        self.x_shape, self.window = xc.shape, window
         self.w2 = w2 if self.needs_grad[0] else None
         return _nchw(out)
 
     def backward(self, g):
-        x_shape, (kh, kw, sh, sw, ph, pw) = self.geometry
         be = backends.backend_of(g)
         gc = _chwn(g).reshape(g.shape[1], -1)
         gx = gw = gb = None
         if self.needs_grad[0]:
-            gx = _nchw(be.conv2d_input_grad(self.w2, gc, x_shape, kh, kw, sh, sw, ph, pw))
+            gx = _nchw(be.conv2d_input_grad(self.w2, gc, self.x_shape, self.window))
         if self.needs_grad[1]:
             gw2, gb = self.weight_backward(gc)
-            gw = gw2.reshape(g.shape[1], x_shape[0], kh, kw)
-        if self.has_bias and self.needs_grad[2] and gb is None:
-            gb = _row_sum(gc)
+            gw = gw2.reshape(g.shape[1], self.x_shape[0], self.window.kh, self.window.kw)
+        if self.has_bias and self.needs_grad[2] and gb is None:  # the weight is frozen
+            gb = gc.sum(axis=1)
         return (gx, gw, gb) if self.has_bias else (gx, gw)
 
 
@@ -104,29 +97,28 @@ def conv2d(input, weight, bias=None, stride=1, padding=0):
 class MaxPool2d(Function):
     def forward(self, x, window):
         self.x_shape, self.window = _chwn_shape(x.shape), window
-        out, self.routing = backends.backend_of(x).max_pool(_chwn(x), *window)
+        out, self.arg = backends.backend_of(x).max_pool(_chwn(x), window)
         return _nchw(out)
 
     def backward(self, g):
         be = backends.backend_of(g)
-        return _nchw(be.max_pool_backward(_chwn(g), self.routing, self.x_shape, *self.window))
+        return _nchw(be.max_pool_backward(_chwn(g), self.arg, self.x_shape, self.window))
 
 
 class AvgPool2d(Function):
     def forward(self, x, window):
         self.x_shape, self.window = _chwn_shape(x.shape), window
-        return _nchw(backends.backend_of(x).avg_pool(_chwn(x), *window))
+        return _nchw(backends.backend_of(x).avg_pool(_chwn(x), window))
 
     def backward(self, g):
         be = backends.backend_of(g)
-        return _nchw(be.avg_pool_backward(_chwn(g), self.x_shape, *self.window))
+        return _nchw(be.avg_pool_backward(_chwn(g), self.x_shape, self.window))
 
 
 def _pool_window(op, input, kernel_size, stride, padding):
-    """(kh, kw, sh, sw, ph, pw) of a pooling over ``input``, checked."""
+    """The Window of a pooling over ``input``, checked."""
     window = _window(input, kernel_size, kernel_size if stride is None else stride, padding, op)
-    kh, kw, _, _, ph, pw = window
-    if ph > kh // 2 or pw > kw // 2:
+    if window.ph > window.kh // 2 or window.pw > window.kw // 2:
         raise ValueError(f"{op}: padding {padding!r} must be at most half of kernel_size {kernel_size!r}")
     return window
 
@@ -247,8 +239,8 @@ class BatchNorm(Function):
     ``batch_norm_backward``). Backward needs the centered input, ``x - mean``: it is
     formed again from the input, which the graph keeps anyway, rather than kept as one
     more activation-sized array. With ``relu`` the op is a BatchNorm followed by a ReLU,
-    and with ``pool`` (a max pool's window) then by that max pool too (``nn.Sequential``
-    fuses them): the same numbers, with fewer passes over the activation each way."""
+    and with ``pool`` (a max pool's window) then by that max pool too (``nn.fuse_modules``
+    makes that a ``BatchNormReLU2d``): the same numbers, with fewer passes over the activation each way."""
 
     def forward(self, x, *affine, running_mean, running_var, training, momentum, eps, relu=False, pool=None):
         be = backends.backend_of(x)
@@ -261,7 +253,7 @@ class BatchNorm(Function):
                              f"training, got input of shape {tuple(x.shape)}")
         weight, shift = affine if affine else (None, xp.zeros(channels, dtype=x.dtype))
         if self.use_batch and pool:
-            out, self.routing, mean, var, inv_std = be.batch_norm_pool(rows, _chwn_shape(x.shape), weight, shift,
+            out, self.arg, mean, var, inv_std = be.batch_norm_pool(rows, _chwn_shape(x.shape), weight, shift,
                                                                        eps, pool)
         elif self.use_batch:
             out, mean, var, inv_std = be.batch_norm(rows, weight, shift, eps, relu)
@@ -271,7 +263,7 @@ class BatchNorm(Function):
             mean, inv_std = running_mean, 1 / xp.sqrt(running_var + eps)
             scale = inv_std if weight is None else inv_std * weight
             if pool:
-                out, self.routing = be.scale_shift_pool(rows, _chwn_shape(x.shape), scale, shift - mean * scale,
+                out, self.arg = be.scale_shift_pool(rows, _chwn_shape(x.shape), scale, shift - mean * scale,
                                                         pool)
             else:
                 out = be.scale_shift(rows, scale, shift - mean * scale, relu)
@@ -295,7 +287,7 @@ class BatchNorm(Function):
         be = backends.backend_of(g)
         if self.pool:
             gx, g_xhat, g_sum = be.batch_norm_pool_backward(
-                _chwn(g), self.relu_out, self.routing, _chwn_shape(self.x_shape), self.pool, self.rows,
+                _chwn(g), self.relu_out, self.arg, _chwn_shape(self.x_shape), self.pool, self.rows,
                 self.mean, self.inv_std, self.weight, self.use_batch)
         else:
             gx, g_xhat, g_sum = be.batch_norm_backward(_channel_rows(g), self.rows, self.mean, self.inv_std,
@@ -315,7 +307,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
 def _batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps, relu, pool=None):
     """``batch_norm``, and with ``relu`` then ``relu`` in the same op, and with ``pool``
     (max_pool2d's ``(kernel_size, stride, padding)``) then that max pool too
-    (``nn.Sequential`` fuses these; not a PyTorch function)."""
+    (``nn.BatchNormReLU2d``; not a PyTorch function)."""
     raw = lambda t: t.data if isinstance(t, Tensor) else t
     affine = () if weight is None else (weight, bias if bias is not None else Tensor(
         weight.backend.xp.zeros(weight.shape, dtype=weight.dtype)))

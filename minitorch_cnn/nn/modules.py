@@ -74,6 +74,15 @@ class Module:
     def modules(self):
         return (m for _, m in self.named_modules())
 
+    def get_submodule(self, target):
+        """The submodule at dotted path ``target`` ("" is this module), as in PyTorch."""
+        module = self
+        for name in target.split(".") if target else []:
+            if name not in module._modules:
+                raise AttributeError(f"{type(module).__name__} has no submodule {name!r} (in {target!r})")
+            module = module._modules[name]
+        return module
+
     def named_children(self):
         return iter(self._modules.items())
 
@@ -333,35 +342,16 @@ class Sequential(Module):
         return iter(self._modules.values())
 
     def forward(self, x):
-        modules = list(self._modules.values())
-        i = 0
-        while i < len(modules):
-            fused = _fusable(modules[i:i + 3])
-            if fused:
-                # One op for a BatchNorm2d, a ReLU and, if it follows, a MaxPool2d: the same
-                # numbers, with the activation between them read and written fewer times
-                # each way (measured on bn-cnn's step: the pair saved 2.3 of ~33 ms on one
-                # machine; adding the pool, a further 5 of ~90 ms on a slower one).
-                x = modules[i]._normalise(x, relu=True, pool=modules[i + 2] if fused == 3 else None)
-                i += fused
-            else:
-                x = modules[i](x)
-                i += 1
+        for module in self._modules.values():
+            x = module(x)
         return x
 
 
-def _fusable(modules):
-    """How many of ``modules`` run as one op: 3 for a BatchNorm2d, a ReLU and a MaxPool2d,
-    2 for a BatchNorm2d and a ReLU, else 0."""
-    if len(modules) < 2 or not (_plain(modules[0], BatchNorm2d) and _plain(modules[1], ReLU)):
-        return 0
-    return 3 if len(modules) > 2 and _plain(modules[2], MaxPool2d) else 2
+class Identity(Module):
+    """Its input, unchanged (what ``fuse_modules`` leaves where a fused module was)."""
 
-
-def _plain(module, cls):
-    """Whether ``module`` is a ``cls`` as the engine defines it (not a subclass, no forward
-    of its own): only those fuse, since a fused op would skip their own code."""
-    return type(module) is cls and "forward" not in vars(module)
+    def forward(self, x):
+        return x
 
 
 class _Loss(Module):
