@@ -10,7 +10,7 @@ setup(
     python_requires=">=3.9",
     # The backends compile these kernel sources at run time: CUDA for CuPy (see
     # backends/cupy_backend.py), C for NumPy (backends/host_kernels.py).
-    data_files=[("share/minitorch_cnn/kernels", sorted(glob.glob("kernels/*.cu") + glob.glob("kernels/*.c")))],
+    data_files=[("share/minitorch_cnn/kernels", sorted(glob.glob("kernels/*.cu") + glob.glob("kernels/*.[ch]")))],
     # The engine itself needs NumPy alone; tqdm draws the training progress bar and
     # matplotlib the curves and pictures of `train` and `inspect`.
     install_requires=["numpy>=1.23", "threadpoolctl", "tqdm", "matplotlib"],

@@ -1,24 +1,20 @@
-"""The NumPy backend's C kernels (kernels/host.c, backends/host_kernels.py).
+"""The NumPy backend's C kernels (kernels/*.c, backends/host_kernels.py).
 
 Each kernel is compared, exactly, with the generic NumPy body it replaces
 (``Backend.max_pool(backend, ...)`` and so on), on one thread and split across
-threads; then the loader: its cache, its failures, and the backend's fallback. The op
-suites (test_functional.py and the others) run through these kernels too, wherever
-they can be built. Skips, with the reason, where they cannot (no C compiler).
+threads (the loader, its cache and the backend's fallback: test_host_kernels_loader.py).
+The op suites (test_functional.py and the others) run through these kernels too,
+wherever they can be built. Skips, with the reason, where they cannot (no C compiler).
 """
 import contextlib
 import os
-import shutil
-import warnings
 
 import numpy as np
 import pytest
 
 import minitorch_cnn as mt
 import minitorch_cnn.nn.functional as F
-from minitorch_cnn.backends import host_kernels, sources
 from minitorch_cnn.backends.reference import Backend, Window
-from minitorch_cnn.backends.host import HostBackend
 from optest import split_everything
 from test_kernels import POOL_WINDOWS, WINDOWS, _first_argmax, _ids, _pool_input, _rng
 
@@ -425,90 +421,3 @@ def test_batch_norm_off_batch_statistics_and_odd_layouts_take_the_generic_path(h
     strided = rng.standard_normal((3, 80)).astype(np.float32)[:, ::2]
     for a, b in zip(host.batch_norm(strided, None, mean, 1e-5), Backend.batch_norm(host, strided, None, mean, 1e-5)):
         np.testing.assert_array_equal(a, b)
-
-
-# ------------------------------------------------------------------------------ the loader
-@pytest.fixture
-def cache(monkeypatch, tmp_path):
-    monkeypatch.setenv(host_kernels.CACHE_ENV, str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
-
-def test_build_caches_one_library_per_machine(cache):
-    if shutil.which(host_kernels.compiler()[0]) is None:
-        pytest.skip("no C compiler (cc or $CC) on PATH")
-    first = host_kernels.build()
-    assert first.parent == cache and first.suffix == ".so"
-    mtime = first.stat().st_mtime_ns
-    assert host_kernels.build() == first and first.stat().st_mtime_ns == mtime  # reused
-    assert [p.name for p in cache.iterdir()] == [first.name]  # no partial file left
-
-
-def test_a_failing_compiler_is_named_and_leaves_nothing(cache, monkeypatch):
-    monkeypatch.setenv("CC", "false")
-    with pytest.raises(host_kernels.KernelsUnavailable, match="false .*failed on host.c"):
-        host_kernels.build()
-    assert list(cache.iterdir()) == []
-
-
-def test_a_missing_compiler_is_named(cache, monkeypatch):
-    monkeypatch.setenv("CC", "/nonexistent/cc")
-    with pytest.raises(host_kernels.KernelsUnavailable, match="no working C compiler '/nonexistent/cc'"):
-        host_kernels.build()
-
-
-def test_an_unwritable_cache_is_named(monkeypatch, tmp_path):
-    if shutil.which(host_kernels.compiler()[0]) is None:
-        pytest.skip("no C compiler (cc or $CC) on PATH")
-    blocker = tmp_path / "file"
-    blocker.write_text("")
-    monkeypatch.setenv(host_kernels.CACHE_ENV, str(blocker / "cache"))
-    with pytest.raises(host_kernels.KernelsUnavailable, match="cannot write the kernel cache"):
-        host_kernels.build()
-
-
-def test_a_damaged_library_is_named(cache):
-    if shutil.which(host_kernels.compiler()[0]) is None:
-        pytest.skip("no C compiler (cc or $CC) on PATH")
-    built = host_kernels.build()
-    built.write_bytes(b"not a shared library")
-    with pytest.raises(host_kernels.KernelsUnavailable, match=f"cannot load {built}.*delete it"):
-        host_kernels.load.__wrapped__()
-
-
-def test_switched_off(monkeypatch):
-    monkeypatch.setenv(host_kernels.SWITCH_ENV, "0")
-    with pytest.raises(host_kernels.KernelsUnavailable, match="switched off"):
-        host_kernels.load.__wrapped__()
-
-
-def test_the_backend_warns_once_and_runs_the_generic_bodies(monkeypatch):
-    def unavailable():
-        raise host_kernels.KernelsUnavailable("no working C compiler 'cc' (test)")
-
-    monkeypatch.setattr(host_kernels, "load", unavailable)
-    be = HostBackend("numpy")
-    x = _pool_input(np.random.default_rng(0), (2, 6, 6, 3), "ties", np.float32)
-    tiles = Window(2, 2, 2, 2, 0, 0)
-    with pytest.warns(RuntimeWarning, match=r"C kernels are unavailable \(no working C compiler"):
-        out, arg = be.max_pool(x, tiles)
-    assert be.kernels is None and be.kernels_unavailable.startswith("no working C compiler")
-    np.testing.assert_array_equal(out, Backend.max_pool(be, x, tiles)[0])
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        be.max_pool(x, tiles)  # once only
-
-
-def test_kernel_sources_are_found_and_a_missing_one_is_named(monkeypatch, tmp_path):
-    assert "im2col_float32" in sources.read_kernel_source("im2col.cu")
-    assert "void max_pool(" in sources.read_kernel_source(host_kernels.SOURCE)
-    monkeypatch.setattr(sources, "kernel_source_dirs", lambda: (tmp_path / "a", tmp_path / "b"))
-    with pytest.raises(FileNotFoundError, match=r"'im2col\.cu' not found; looked in .*a, .*b"):
-        sources.read_kernel_source("im2col.cu")
-
-
-def test_setup_installs_the_c_source():
-    root = sources.kernel_source_dirs()[0].parent
-    assert "kernels/*.c" in (root / "MANIFEST.in").read_text()
-    assert "kernels/*.c" in (root / "setup.py").read_text()
-    assert os.path.isfile(root / "kernels" / host_kernels.SOURCE)

@@ -36,8 +36,8 @@ INSTALL_HINT = ("pip install 'minitorch_cnn[cuda12]' (driver for CUDA 12) or 'mi
 KERNEL_SOURCES = {
     "im2col": "im2col.cu",
     "col2im": "col2im.cu",
-    "max_pool": "maxpool.cu",
-    "max_pool_backward": "maxpool.cu",
+    "max_pool": "max_pool.cu",
+    "max_pool_backward": "max_pool.cu",
 }
 KERNEL_DTYPES = ("float32", "float64")
 COMPILE_OPTIONS = ("-std=c++14",)

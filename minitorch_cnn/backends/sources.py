@@ -1,5 +1,5 @@
 """Where the kernel sources of ``kernels/`` are found: CUDA (``*.cu``, compiled by the
-CuPy backend) and C (``host.c``, compiled for the NumPy backend)."""
+CuPy backend) and C (``*.c`` and their headers, compiled for the NumPy backend)."""
 import os
 import sysconfig
 from pathlib import Path
@@ -15,12 +15,17 @@ def kernel_source_dirs():
             Path(sysconfig.get_path("data", f"{os.name}_user")) / share)
 
 
-def read_kernel_source(filename):
-    """The text of ``kernels/<filename>`` from the first folder that has it."""
+def kernel_source_path(filename):
+    """The path of ``kernels/<filename>`` in the first folder that has it."""
     dirs = kernel_source_dirs()
     for folder in dirs:
         path = folder / filename
         if path.is_file():
-            return path.read_text(encoding="utf-8")
+            return path
     raise FileNotFoundError(f"kernel source {filename!r} not found; looked in "
                             + ", ".join(str(d) for d in dirs))
+
+
+def read_kernel_source(filename):
+    """The text of ``kernels/<filename>`` from the first folder that has it."""
+    return kernel_source_path(filename).read_text(encoding="utf-8")
