@@ -3,6 +3,7 @@ import math
 
 import numpy as np
 
+from . import backends
 
 
 class Optimizer:
@@ -100,6 +101,9 @@ class SGD(Optimizer):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
 
     def update(self, param, grad, state, group):
+        fused = getattr(backends.backend_of(param), "sgd_step", None)  # one GPU kernel
+        if fused is not None and fused(param, grad, state, group):
+            return
         d_p = grad + group["weight_decay"] * param if group["weight_decay"] else grad
         momentum = group["momentum"]
         if momentum:
@@ -120,6 +124,9 @@ class Adam(Optimizer):
         super().__init__(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
 
     def update(self, param, grad, state, group):
+        fused = getattr(backends.backend_of(param), "adam_step", None)  # one GPU kernel
+        if fused is not None and fused(param, grad, state, group):
+            return
         beta1, beta2 = group["betas"]
         if group["weight_decay"]:
             grad = grad + group["weight_decay"] * param

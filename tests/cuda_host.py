@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 
 HOST_SHIM = """\
+#include <cmath>
+using std::sqrt;  // device code has CUDA's math functions without an include
 #define __global__
 #define __device__
 struct mt_dim3 { unsigned x, y, z; };

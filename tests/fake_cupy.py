@@ -492,13 +492,15 @@ def installed():
     from minitorch_cnn import backends
 
     be = backend()
-    previous = backends._BACKENDS.get("cupy")
+    previous, active = backends._BACKENDS.get("cupy"), backends.get_backend().name
     with _as_cupy():
         backends._BACKENDS["cupy"] = be
         be.seed(backends._last_seed[0])
         try:
             yield be
         finally:
+            if backends.get_backend() is be:  # e.g. the train command chose it: not past the block
+                backends.use_backend(active if active != "cupy" else "numpy")
             if previous is None:
                 backends._BACKENDS.pop("cupy", None)
             else:

@@ -38,6 +38,8 @@ KERNEL_SOURCES = {
     "col2im": "col2im.cu",
     "max_pool": "max_pool.cu",
     "max_pool_backward": "max_pool.cu",
+    "sgd_step": "optim.cu",
+    "adam_step": "optim.cu",
 }
 KERNEL_DTYPES = ("float32", "float64")
 COMPILE_OPTIONS = ("-std=c++14",)
@@ -131,10 +133,18 @@ class CupyBackend(Backend):
                 raise IndexError(message)
 
     def seed(self, seed):
+        """Reseed lazily: the generator is built at the first draw after a seed, so a net
+        without dropout does no generator work at all, though training reseeds every step."""
+        self._seed, self._rng = seed, None
+
+    @property
+    def rng(self):
         """Philox4x32-10 (PyTorch's CUDA generator too) rather than CuPy's default XORWOW:
-        training reseeds every step, and XORWOW's set-up skips every per-thread state
-        ahead by its thread index (cuRAND's documented slow path); Philox's is O(1)."""
-        self.rng = self.xp.random.Generator(self.xp.random.Philox4x3210(seed))
+        XORWOW's set-up skips every per-thread state ahead by its thread index (cuRAND's
+        documented slow path); Philox's is O(1)."""
+        if self._rng is None:
+            self._rng = self.xp.random.Generator(self.xp.random.Philox4x3210(self._seed))
+        return self._rng
 
     # ---- the CUDA kernels ---------------------------------------------------------------
     def kernel(self, kernel, dtype):
@@ -207,6 +217,51 @@ class CupyBackend(Backend):
         self.launch("max_pool_backward", dout.dtype, dx.size,
                     (dout, arg, dx) + _geometry(x_shape, window, oh, ow))
         return dx
+
+
+    # ---- optimizer steps: one kernel per parameter (optim.py calls these when present) ------
+    def _step_arrays(self, param, grad):
+        """``param`` and ``grad`` as a kernel takes them, or None where it cannot: a
+        parameter updated in place must be contiguous; a gradient view is copied."""
+        if not (self.has_kernel(param.dtype, param.size) and param.flags.c_contiguous
+                and grad.dtype == param.dtype and grad.shape == param.shape):
+            return None
+        return param, self.xp.ascontiguousarray(grad)
+
+    @cuda_kernel("sgd_step")
+    def sgd_step(self, param, grad, state, group):
+        """optim.SGD's update of ``param`` in one launch; False where the kernel cannot
+        take it (optim.py then runs its own body)."""
+        arrays = self._step_arrays(param, grad)
+        if arrays is None:
+            return False
+        momentum, t = group["momentum"], param.dtype.type
+        first = bool(momentum) and "momentum_buffer" not in state
+        if first:
+            state["momentum_buffer"] = self.xp.empty_like(param)
+        buf = state["momentum_buffer"] if momentum else param  # not read without momentum
+        self.launch("sgd_step", param.dtype, param.size,
+                    (*arrays, buf, np.uint32(param.size), t(group["lr"]), t(momentum),
+                     t(1 - group["dampening"]), t(group["weight_decay"]), np.int32(group["nesterov"]),
+                     np.int32(first)))
+        return True
+
+    @cuda_kernel("adam_step")
+    def adam_step(self, param, grad, state, group):
+        """optim.Adam's update of ``param`` in one launch (bias corrections computed here,
+        on the host, from the step count); False where the kernel cannot take it."""
+        arrays = self._step_arrays(param, grad)
+        if arrays is None:
+            return False
+        if not state:
+            state.update(step=0, exp_avg=self.xp.zeros_like(param), exp_avg_sq=self.xp.zeros_like(param))
+        state["step"] += 1
+        (beta1, beta2), step, t = group["betas"], state["step"], param.dtype.type
+        self.launch("adam_step", param.dtype, param.size,
+                    (*arrays, state["exp_avg"], state["exp_avg_sq"], np.uint32(param.size), t(1 - beta1),
+                     t(beta2), t(1 - beta2), t(group["lr"] / (1 - beta1 ** step)),
+                     t(math.sqrt(1 - beta2 ** step)), t(group["eps"]), t(group["weight_decay"])))
+        return True
 
 
 @functools.lru_cache(maxsize=None)

@@ -199,9 +199,10 @@ def _dropout(input, p, training, mask_shape):
         return input
     be = input.backend
     keep = be.random(mask_shape, input.dtype) >= p
-    # Inverted dropout: survivors are scaled by 1/(1-p) so eval needs no rescaling.
-    mask = keep * (1.0 / (1.0 - p)) if p < 1 else keep * 0.0
-    return Mask.apply(input, mask=mask.astype(input.dtype, copy=False))
+    # Inverted dropout: survivors are scaled by 1/(1-p) so eval needs no rescaling; the
+    # scale in the input's dtype keeps the mask there (a Python float would make it float64).
+    mask = keep * input.dtype.type(1.0 / (1.0 - p) if p < 1 else 0.0)
+    return Mask.apply(input, mask=mask)
 
 
 def dropout(input, p=0.5, training=True):
