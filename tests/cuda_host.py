@@ -20,6 +20,8 @@ HOST_SHIM = """\
 using std::sqrt;  // device code has CUDA's math functions without an include
 #define __global__
 #define __device__
+#define __shared__ static
+inline void __syncthreads() {}
 struct mt_dim3 { unsigned x, y, z; };
 static const mt_dim3 threadIdx = {0, 0, 0}, blockIdx = {0, 0, 0};
 static const mt_dim3 blockDim = {1, 1, 1}, gridDim = {1, 1, 1};

@@ -278,3 +278,40 @@ def test_optimizer_step_kernels_match_optim_py(kernels, name, hyper, dtype):
     tol = 1e-6 if dtype == np.float32 else 1e-14  # a GPU may fuse a multiply-add
     for got, want in zip(finals["cupy"], finals["numpy"]):
         np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
+# ---------------------------------------------- batch normalisation (kernels/batch_norm.cu)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("channels, count", [(1, 1), (3, 50), (4, 777)])
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
+@pytest.mark.parametrize("relu", [False, True], ids=["", "relu"])
+def test_batch_norm_kernels_match_the_reference_bodies(kernels, channels, count, affine, relu, dtype):
+    rng = np.random.default_rng([channels, count, affine, relu])
+    rows = kernels.asarray((rng.standard_normal((channels, count)) * 3 + 1).astype(dtype))
+    weight = kernels.asarray(rng.uniform(0.5, 2, channels).astype(dtype)) if affine else None
+    shift = kernels.asarray(rng.standard_normal(channels).astype(dtype))
+    tol = dict(rtol=2e-5, atol=2e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+
+    def same(got, want):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_allclose(kernels.to_numpy(got), kernels.to_numpy(want), **tol)
+
+    if kernels.xp is fake_cupy.backend().xp:
+        fake_cupy.counters.reset()
+    forward = kernels.batch_norm(rows, weight, shift, 1e-5, relu=relu)
+    if kernels.xp is fake_cupy.backend().xp:
+        assert fake_cupy.counters.launches == {"kernel batch_norm_" + np.dtype(dtype).name: 1}
+    want = Backend.batch_norm(kernels, rows, weight, shift, 1e-5, relu=relu)
+    for got, expected in zip(forward, want):
+        same(got, expected)
+
+    out, mean, _, inv_std = forward
+    g = kernels.asarray(rng.standard_normal((channels, count)).astype(dtype))
+    relu_out = out if relu else None
+    for use_batch, with_rows in ((True, True), (False, True), (False, False)):
+        args = (g, rows if with_rows else None, mean if with_rows else None, inv_std, weight, use_batch, relu_out)
+        got, expected = kernels.batch_norm_backward(*args), Backend.batch_norm_backward(kernels, *args)
+        for a, b in zip(got, expected):
+            assert (a is None) == (b is None)
+            if a is not None:
+                same(a, b)

@@ -38,6 +38,8 @@ KERNEL_SOURCES = {
     "col2im": "col2im.cu",
     "max_pool": "max_pool.cu",
     "max_pool_backward": "max_pool.cu",
+    "batch_norm": "batch_norm.cu",
+    "batch_norm_backward": "batch_norm.cu",
     "sgd_step": "optim.cu",
     "adam_step": "optim.cu",
 }
@@ -157,10 +159,12 @@ class CupyBackend(Backend):
             for dtype in KERNEL_DTYPES:
                 self.kernel(kernel, dtype)
 
-    def launch(self, kernel, dtype, total, args):
-        """Run ``kernel`` over ``total`` elements, one thread each, on the current stream."""
+    def launch(self, kernel, dtype, total, args, blocks=None):
+        """Run ``kernel`` over ``total`` elements, one thread each (or in ``blocks`` blocks:
+        a kernel with one block per row), on the current stream."""
         if total:
-            self.kernel(kernel, dtype)((launch_blocks(total),), (THREADS_PER_BLOCK,), args)
+            blocks = launch_blocks(total) if blocks is None else min(blocks, MAX_BLOCKS)
+            self.kernel(kernel, dtype)((blocks,), (THREADS_PER_BLOCK,), args)
 
     @staticmethod
     def has_kernel(dtype, *sizes):
@@ -218,6 +222,44 @@ class CupyBackend(Backend):
                     (dout, arg, dx) + _geometry(x_shape, window, oh, ow))
         return dx
 
+
+    # ---- batch normalisation: one kernel each way, one block per channel ---------------------
+    def _takes_rows(self, rows, *per_channel):
+        """Whether the batch-norm kernels take these: contiguous rows of a kernel dtype and
+        per-channel arrays (None: absent) of the same dtype."""
+        return (rows.ndim == 2 and rows.flags.c_contiguous and self.has_kernel(rows.dtype, rows.size)
+                and all(a is None or (a.dtype == rows.dtype and a.flags.c_contiguous) for a in per_channel))
+
+    @cuda_kernel("batch_norm")
+    def batch_norm(self, rows, weight, shift, eps, relu=False):
+        if not self._takes_rows(rows, weight, shift):
+            return super().batch_norm(rows, weight, shift, eps, relu)
+        channels, count = rows.shape
+        out = self.xp.empty_like(rows)
+        mean, var, inv_std = (self.xp.empty(channels, dtype=rows.dtype) for _ in range(3))
+        self.launch("batch_norm", rows.dtype, rows.size,
+                    (rows, shift if weight is None else weight, shift, out, mean, var, inv_std,
+                     np.int32(channels), np.int32(count), np.float64(eps), np.int32(weight is not None),
+                     np.int32(relu)), blocks=channels)
+        return out, mean, var, inv_std
+
+    @cuda_kernel("batch_norm_backward")
+    def batch_norm_backward(self, g, rows, mean, inv_std, weight, use_batch, relu_out=None):
+        g = self.xp.ascontiguousarray(g)
+        if not (self._takes_rows(g, rows, mean, inv_std, weight, relu_out) and (rows is not None or not use_batch)):
+            return super().batch_norm_backward(g, rows, mean, inv_std, weight, use_batch, relu_out)
+        channels, count = g.shape
+        gx = self.xp.empty_like(g)
+        g_xhat = None if rows is None else self.xp.empty(channels, dtype=g.dtype)
+        g_sum = self.xp.empty(channels, dtype=g.dtype)
+        # arrays a case does not read (rows, mean, weight, relu_out) are passed as another
+        self.launch("batch_norm_backward", g.dtype, g.size,
+                    (g, g if rows is None else rows, inv_std if mean is None else mean, inv_std,
+                     inv_std if weight is None else weight,
+                     g if relu_out is None else relu_out, gx, g_sum if g_xhat is None else g_xhat, g_sum,
+                     np.int32(channels), np.int32(count), np.int32(use_batch), np.int32(rows is not None),
+                     np.int32(weight is not None), np.int32(relu_out is not None)), blocks=channels)
+        return gx, g_xhat, g_sum
 
     # ---- optimizer steps: one kernel per parameter (optim.py calls these when present) ------
     def _step_arrays(self, param, grad):
