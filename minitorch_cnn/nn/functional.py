@@ -393,7 +393,10 @@ def nll_loss(input, target, reduction="mean"):
             bad = t[(t < 0) | (t >= classes)][0]
             raise IndexError(f"target {bad} is out of bounds for {classes} classes")
     elif t.size:  # on a GPU, checked there: raised at the next sync, never wrapped silently
-        input.backend.check_later(((t < 0) | (t >= classes)).any(),
+        # viewed as unsigned, a negative target is huge: one comparison catches both ends
+        xp = input.backend.xp
+        wide = t.astype(xp.int64, copy=False).view(xp.uint64)
+        input.backend.check_later((wide >= classes).any(),
                                   f"a target is out of bounds for {classes} classes (checked on the "
                                   f"device, raised at the first sync after the loss)")
     return NLLLoss.apply(input, target=t, reduction=reduction)
