@@ -315,3 +315,24 @@ def test_batch_norm_kernels_match_the_reference_bodies(kernels, channels, count,
             assert (a is None) == (b is None)
             if a is not None:
                 same(a, b)
+
+
+# ----------------------------------------------------------- ReLU's backward (kernels/relu.cu)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("layout", ["contiguous", "nchw-view-of-chwn", "mixed"])
+def test_relu_backward_kernel_matches_the_reference_body(kernels, layout, dtype):
+    rng = np.random.default_rng(5)
+    y, g = (rng.standard_normal((3, 5, 4, 6)).astype(dtype) for _ in range(2))
+    y[0, 0, 0, :3] = [0, np.nan, -0.0]
+    g[0, 0, 1, :2] = [np.inf, np.nan]
+    y, g = kernels.asarray(y), kernels.asarray(g)
+    if layout != "contiguous":  # (N, C, H, W) views of (C, H, W, N) memory, as the engine's
+        y = kernels.xp.ascontiguousarray(y.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)
+        if layout == "nchw-view-of-chwn":
+            g = kernels.xp.ascontiguousarray(g.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)
+    if kernels.xp is fake_cupy.backend().xp:
+        fake_cupy.counters.reset()
+    got = kernels.relu_backward(g, y)
+    if kernels.xp is fake_cupy.backend().xp:  # the kernel where the layouts agree
+        assert kernel_launches() == ([] if layout == "mixed" else ["relu_backward"])
+    _assert_same(got, Backend.relu_backward(kernels, g, y), kernels)

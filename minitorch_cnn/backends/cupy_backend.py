@@ -38,6 +38,7 @@ KERNEL_SOURCES = {
     "col2im": "col2im.cu",
     "max_pool": "max_pool.cu",
     "max_pool_backward": "max_pool.cu",
+    "relu_backward": "relu.cu",
     "batch_norm": "batch_norm.cu",
     "batch_norm_backward": "batch_norm.cu",
     "sgd_step": "optim.cu",
@@ -223,6 +224,20 @@ class CupyBackend(Backend):
         return dx
 
 
+    # ---- ReLU's backward --------------------------------------------------------------------
+    @cuda_kernel("relu_backward")
+    def relu_backward(self, g, y):
+        """One launch over the memory of ``g`` and ``y`` where they share a dense layout
+        (our activations are NCHW views of CHWN memory: no copy); the gradient comes back
+        in that layout."""
+        order = _memory_order(y)
+        if order is None or g.strides != y.strides or g.dtype != y.dtype or not self.has_kernel(g.dtype, g.size):
+            return super().relu_backward(g, y)
+        y_dense = y.transpose(order)
+        dx = self.xp.empty_like(y_dense)
+        self.launch("relu_backward", g.dtype, g.size, (g.transpose(order), y_dense, dx, np.uint32(g.size)))
+        return dx.transpose(tuple(int(d) for d in np.argsort(order)))
+
     # ---- batch normalisation: one kernel each way, one block per channel ---------------------
     def _takes_rows(self, rows, *per_channel):
         """Whether the batch-norm kernels take these: contiguous rows of a kernel dtype and
@@ -304,6 +319,12 @@ class CupyBackend(Backend):
                      t(beta2), t(1 - beta2), t(group["lr"] / (1 - beta1 ** step)),
                      t(math.sqrt(1 - beta2 ** step)), t(group["eps"]), t(group["weight_decay"])))
         return True
+
+
+def _memory_order(a):
+    """The axis order in which ``a`` is C-contiguous (``a.transpose(order)`` is), or None."""
+    order = tuple(sorted(range(a.ndim), key=lambda d: -abs(a.strides[d])))
+    return order if a.transpose(order).flags.c_contiguous else None
 
 
 @functools.lru_cache(maxsize=None)
