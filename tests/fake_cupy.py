@@ -344,7 +344,7 @@ def asnumpy(a, stream=None, order="C", out=None):
 
 
 def get_array_module(*args):
-    return sys.modules[__name__] if any(isinstance(a, ndarray) for a in args) else np
+    return _module if any(isinstance(a, ndarray) for a in args) else np
 
 
 # ---- random numbers --------------------------------------------------------------------------
@@ -357,7 +357,7 @@ class Philox4x3210:
 
 
 class XORWOW(Philox4x3210):
-    pass
+    """CuPy's default bit generator's name (NumPy's Philox inside, as above)."""
 
 
 class Generator:
