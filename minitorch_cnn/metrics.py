@@ -15,7 +15,7 @@ import io
 import math
 import os
 
-from .checkpoint import atomic_replace_text, atomic_write
+from .files import atomic_replace_text, atomic_write
 
 COLUMNS = ("kind", "epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc",
            "test_loss", "test_acc", "images_per_second", "seconds")
@@ -44,8 +44,15 @@ class MetricsLog:
         if unknown:
             raise KeyError(f"unknown metrics column(s) {sorted(unknown)}; columns are {COLUMNS}")
         new = not os.path.exists(self.path) or os.path.getsize(self.path) == 0
-        with open(self.path, "a", newline="") as f:
-            f.write(_csv_text([{**values, "kind": kind}], header=new))
+        row = memoryview(_csv_text([{**values, "kind": kind}], header=new).encode("utf-8"))
+        with open(self.path, "ab", buffering=0) as f:
+            end = f.seek(0, os.SEEK_END)
+            try:
+                while row:
+                    row = row[f.write(row):]
+            except OSError:  # a full disk: never leave half a row behind
+                f.truncate(end)
+                raise
 
     def truncate_after(self, step):
         """Drop rows logged after global step ``step`` (a resumed run repeats them)."""

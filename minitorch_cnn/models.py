@@ -225,6 +225,7 @@ class ModelSpec:
     momentum: float         # 0.0 for adam
     batch_size: int
     epochs: int
+    tutorial: str = ""      # where the network comes from (shown by train --list-models)
 
 
 _MNIST_SHAPE = (1, 28, 28)
@@ -238,26 +239,35 @@ _CIFAR_SHAPE = (3, 32, 32)
 # first 30 epochs at lr 0.05 are the stage reproduced here.
 _SPECS = (
     ModelSpec("convnet", ConvNet, "fashion-mnist", _MNIST_SHAPE, "nll", "sgd",
-              lr=0.001, momentum=0.9, batch_size=64, epochs=3),
+              lr=0.001, momentum=0.9, batch_size=64, epochs=3,
+              tutorial="the convnet tutorial's small network"),
     ModelSpec("mnist-example", MnistExample, "fashion-mnist", _MNIST_SHAPE, "nll", "sgd",
-              lr=0.01, momentum=0.5, batch_size=64, epochs=3),
+              lr=0.01, momentum=0.5, batch_size=64, epochs=3,
+              tutorial="pytorch/examples, mnist (the classic Net)"),
     ModelSpec("lenet", LeNet, "fashion-mnist", _MNIST_SHAPE, "cross_entropy", "sgd",
-              lr=0.1, momentum=0.0, batch_size=100, epochs=5),
+              lr=0.1, momentum=0.0, batch_size=100, epochs=5,
+              tutorial="deeplizard's PyTorch course (Network)"),
     ModelSpec("lenet3", partial(LeNet, three_convs=True), "fashion-mnist", _MNIST_SHAPE,
-              "cross_entropy", "sgd", lr=0.1, momentum=0.0, batch_size=100, epochs=5),
+              "cross_entropy", "sgd", lr=0.1, momentum=0.0, batch_size=100, epochs=5,
+              tutorial="deeplizard's Network with a third convolution"),
     ModelSpec("bn-cnn", BNCNN, "fashion-mnist", _MNIST_SHAPE, "cross_entropy", "adam",
-              lr=0.01, momentum=0.0, batch_size=256, epochs=5),
+              lr=0.01, momentum=0.0, batch_size=256, epochs=5,
+              tutorial="conv-BatchNorm-ReLU blocks with Adam, this project's default"),
     ModelSpec("fc2", FC2, "fashion-mnist", _MNIST_SHAPE, "cross_entropy", "sgd",
-              lr=0.01, momentum=0.5, batch_size=64, epochs=5),
+              lr=0.01, momentum=0.5, batch_size=64, epochs=5,
+              tutorial="fully connected half of the equal-size pair"),
     ModelSpec("small-cnn", SmallCNN, "fashion-mnist", _MNIST_SHAPE, "cross_entropy", "sgd",
-              lr=0.01, momentum=0.5, batch_size=64, epochs=5),
+              lr=0.01, momentum=0.5, batch_size=64, epochs=5,
+              tutorial="convolutional half of the equal-size pair"),
     # The tutorial's batch of 4 makes each step four tiny images, so an epoch is 12,500
     # steps dominated by per-step overhead (Python, kernel launches on a GPU); batch 32
     # keeps its lr and momentum and runs an epoch in an eighth of the steps.
     ModelSpec("cifar-lenet", CifarLeNet, "cifar10", _CIFAR_SHAPE, "cross_entropy", "sgd",
-              lr=0.001, momentum=0.9, batch_size=32, epochs=10),
+              lr=0.001, momentum=0.9, batch_size=32, epochs=10,
+              tutorial="PyTorch's CIFAR-10 tutorial (Net)"),
     ModelSpec("vgg-bn", VGGBN, "cifar10", _CIFAR_SHAPE, "cross_entropy", "sgd",
-              lr=0.05, momentum=0.9, batch_size=128, epochs=30),
+              lr=0.05, momentum=0.9, batch_size=128, epochs=30,
+              tutorial="pytorch-vgg-cifar10 (VGG-11 with BatchNorm)"),
 )
 
 MODELS = {spec.name: spec for spec in _SPECS}

@@ -4,29 +4,69 @@ import math
 import numpy as np
 
 from . import backends
+from .tensor import Tensor
+
+
+def _check_at_least_zero(what, value):
+    """PyTorch's check and message; ``not 0 <= value`` also turns NaN away."""
+    if not 0.0 <= value:
+        raise ValueError(f"Invalid {what}: {value}")
+
+
+def _type_name(obj):
+    """As ``torch.typename`` names a non-tensor: ``float``, ``minitorch_cnn.tensor.Tensor``."""
+    module, name = type(obj).__module__, type(obj).__qualname__
+    return name if module == "builtins" else f"{module}.{name}"
 
 
 class Optimizer:
+    """Parameter groups, the argument checks and ``state_dict`` layout of PyTorch's
+    ``torch.optim.Optimizer``; subclasses give ``defaults``, ``_validate`` and ``update``."""
     defaults = {}
 
     def __init__(self, params, **hyper):
+        self._validate(hyper)  # first, as PyTorch's constructors check them first
+        if isinstance(params, Tensor):
+            raise TypeError("params argument given to the optimizer should be an iterable of "
+                            f"Tensors or dicts, but got {_type_name(params)}")
         params = list(params)
         if not params:
             raise ValueError("optimizer got an empty parameter list")
+        self.defaults = {**type(self).defaults, **hyper}  # this optimizer's, as in PyTorch
         groups = params if isinstance(params[0], dict) else [{"params": params}]
         self.param_groups = []
         for group in groups:
-            unknown = set(group) - set(self.defaults) - {"params"}
-            if unknown:
-                raise TypeError(f"unknown optimizer option(s): {sorted(unknown)}")
-            merged = {**self.defaults, **hyper, **group, "params": list(group["params"])}
-            self._validate(merged)
-            self.param_groups.append(merged)
+            self.add_param_group(group)
         self.state = {}  # id(param) -> dict of raw arrays
 
-    def _validate(self, group):
-        if group["lr"] < 0:
-            raise ValueError(f"invalid learning rate: {group['lr']}")
+    def add_param_group(self, group):
+        """Add a group of parameters, its own options over the optimizer's defaults."""
+        unknown = set(group) - set(self.defaults) - {"params"}
+        if unknown:
+            raise TypeError(f"unknown optimizer option(s): {sorted(unknown)}")
+        params = group["params"]
+        if isinstance(params, set):  # PyTorch: a set's order, hence the state's, changes per run
+            raise TypeError("optimizer parameters need to be organized in ordered collections, but "
+                            "the ordering of tensors in sets will change between runs. "
+                            "Please use a list instead.")
+        params = [params] if isinstance(params, Tensor) else list(params)
+        for p in params:
+            if not isinstance(p, Tensor):
+                raise TypeError("optimizer can only optimize Tensors, but one of the params is "
+                                f"{_type_name(p)}")
+            if p._ctx is not None:  # made by an op: its gradient is never kept
+                raise ValueError("can't optimize a non-leaf Tensor")
+        seen = {id(p) for g in self.param_groups for p in g["params"]}
+        if any(id(p) in seen for p in params):
+            raise ValueError("some parameters appear in more than one parameter group")
+        merged = {**self.defaults, **group, "params": params}
+        self._validate(merged)
+        self.param_groups.append(merged)
+
+    def _validate(self, options):
+        """Check a full set of options (the constructor's, or a group's merged with them)."""
+        _check_at_least_zero("learning rate", options["lr"])
+        _check_at_least_zero("weight_decay value", options["weight_decay"])
 
     def zero_grad(self):
         for group in self.param_groups:
@@ -95,9 +135,11 @@ class SGD(Optimizer):
         super().__init__(params, lr=lr, momentum=momentum, dampening=dampening,
                          weight_decay=weight_decay, nesterov=nesterov)
 
-    def _validate(self, group):
-        super()._validate(group)
-        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+    def _validate(self, options):
+        super()._validate(options)
+        momentum = options["momentum"]
+        _check_at_least_zero("momentum value", momentum)
+        if options["nesterov"] and (momentum <= 0 or options["dampening"] != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
 
     def update(self, param, grad, state, group):
@@ -122,6 +164,13 @@ class Adam(Optimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0):
         super().__init__(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+
+    def _validate(self, options):
+        super()._validate(options)
+        _check_at_least_zero("epsilon value", options["eps"])
+        for index, beta in enumerate(options["betas"]):
+            if not 0.0 <= beta < 1.0:
+                raise ValueError(f"Invalid beta parameter at index {index}: {beta}")
 
     def update(self, param, grad, state, group):
         fused = getattr(backends.backend_of(param), "adam_step", None)  # one GPU kernel

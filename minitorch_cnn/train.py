@@ -1,22 +1,28 @@
 """``python -m minitorch_cnn.train``: train a zoo model on a real dataset, with progress
-bars, metrics (CSV and PNG plots), atomic checkpoints, exact resumption and a JSON summary.
+bars, metrics (CSV and PNG plots), atomic checkpoints (the last and the best), exact
+resumption and a JSON summary.
 
-Exit status: 0 done; 1 a run-time failure (data not found, out of memory); 2 bad flags
-(an unreadable --resume checkpoint included) or an unavailable backend; 3 a NaN/inf loss
-stopped training; 130 interrupted by Ctrl-C (a checkpoint of the last finished batch is written).
+Exit status: 0 done; 1 the run failed (a NaN/inf loss, a full disk, out of memory, data
+found nowhere); 2 unusable input, said in one line before any training: bad flags, a data
+file or --data-dir, a checkpoint, an output that cannot be written, an unavailable
+backend; 130 interrupted by Ctrl-C, 143 by SIGTERM (both save a checkpoint of the last
+finished batch first).
 """
 import argparse
+import contextlib
 import json
 import os
+import shutil
+import signal
 import sys
 
 import numpy as np
 from tqdm import tqdm
 
-from . import backends, data, models, nn
-from .checkpoint import (CheckpointError, atomic_replace_text, atomic_savez, load_checkpoint,
-                         save_checkpoint)
-from .metrics import MetricsLog, plot_metrics
+from . import __version__, backends, data, models, nn
+from .checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
+from .files import atomic_replace_text, atomic_savez, atomic_write, check_writable
+from .metrics import CSV_NAME, ERROR_PNG, LOSS_PNG, MetricsLog, plot_metrics
 from .training import (NonFiniteLossError, TrainingInterrupted, evaluate,
                        interrupts_at_batch_boundaries, make_optimizer, train_epoch)
 
@@ -31,7 +37,28 @@ DEFAULT_LOG_EVERY = 50
 # error, since the continuation would not be the run that was started.
 RESUME_FIXED = ("model", "dataset", "batch_size", "lr", "momentum", "optimizer", "seed",
                 "train_subset", "test_subset")
-EXIT_FAILURE, EXIT_USAGE, EXIT_NONFINITE, EXIT_INTERRUPTED = 1, 2, 3, 130
+# What a checkpoint's config must hold for a run to continue or be evaluated.
+CHECKPOINT_CONFIG = ("model", "dataset", "loss", "optimizer", "lr", "momentum", "batch_size", "seed")
+CHECKPOINT_NAME, BEST_NAME, FILTERS_NAME = "checkpoint.npz", "best.npz", "filters.npz"
+# The files that make a folder hold a run (a fresh run refuses to write over them), and
+# every file a run writes there (what --overwrite replaces).
+RUN_FILES = (CHECKPOINT_NAME, BEST_NAME, CSV_NAME)
+OUTPUT_FILES = RUN_FILES + (FILTERS_NAME, LOSS_PNG, ERROR_PNG)
+EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 130, 143
+EXIT_FOR_SIGNAL = {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: EXIT_TERMINATED}
+
+
+class UnusableInput(Exception):
+    """Input the run cannot use (a data file, a checkpoint, an output path): the message
+    is one line naming it, and the command exits with status 2 before training."""
+
+
+class OutputFailed(Exception):
+    """Writing an output failed during the run (a full disk, say): one line naming it."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside the training loop, handled as Ctrl-C is."""
 
 
 # ---- command line ---------------------------------------------------------------------------
@@ -51,21 +78,39 @@ def _number(kind, minimum, strict=False, maximum=None):
     return parse
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: the message, and where to read more."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser():
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m minitorch_cnn.train",
         description="Train a model of the zoo (minitorch_cnn.models) on MNIST, Fashion-MNIST or "
                     "CIFAR-10. Without flags: %s on Fashion-MNIST with NumPy, with the model's "
                     "own defaults. Unset hyper-parameters come from the model's ModelSpec; a "
                     "resumed run takes them from its checkpoint." % DEFAULT_MODEL,
         epilog="Outputs in --out: metrics.csv (a row per logging step and per epoch), loss.png, "
-               "error.png, checkpoint.npz (after every epoch and on Ctrl-C). Exit status: 0 done, "
-               "1 failure, 2 bad flags or backend unavailable, 3 NaN/inf loss, 130 interrupted.")
-    p.add_argument("--backend", choices=("numpy", "cupy"), default="numpy",
-                   help="array backend: numpy (CPU) or cupy (NVIDIA GPU) (default: numpy)")
+               "error.png, checkpoint.npz (after every epoch, on Ctrl-C and on SIGTERM) and "
+               "best.npz (the epoch of best validation accuracy). A fresh run never writes over "
+               "a folder that holds a run unless --overwrite. Exit status: 0 done, 1 the run "
+               "failed (NaN/inf loss, full disk, out of memory), 2 unusable input (flags, data, "
+               "checkpoint, outputs, backend; said before training), 130 interrupted by Ctrl-C, "
+               "143 by SIGTERM.")
+    p.add_argument("--version", action="version", version=f"minitorch_cnn {__version__}")
+    p.add_argument("--list-models", action="store_true",
+                   help="list the zoo: name, parameters, dataset, optimizer and learning rate, "
+                        "the tutorial it comes from; then exit")
+    p.add_argument("--backend", choices=("numpy", "numpy-reference", "cupy", "auto"), default="numpy",
+                   help="array backend: numpy (CPU), numpy-reference (CPU, the plain reference "
+                        "bodies alone: slower, the same accuracy), cupy (NVIDIA GPU) or auto (cupy "
+                        "where usable, else numpy, saying which) (default: numpy)")
     p.add_argument("--threads", type=_number(int, 1), default=None, metavar="N",
                    help="CPU threads for the numpy backend (default: every core this process "
-                        "may use; see README, Speed)")
+                        "may use, or a resumed run's own count, which keeps it bit-identical to "
+                        "an uninterrupted run; see README, Speed)")
     p.add_argument("--model", choices=list(models.MODELS), default=None,
                    help=f"zoo model (default: {DEFAULT_MODEL}: BatchNorm and Adam make it learn "
                         "fast: about 85%% test accuracy after one epoch and about 90%% after its "
@@ -89,19 +134,28 @@ def build_parser():
                    help="seed of the initial weights, the data order and dropout; the same seed "
                         "gives the same run (default: 0)")
     p.add_argument("--data-dir", default=None,
-                   help="folder holding the dataset files (default: searched for, see "
+                   help="folder holding the dataset files, the only place they are read from "
+                        "(default: a resumed run's own, else searched for, see "
                         "minitorch_cnn.data.load_dataset, and downloaded if missing)")
     p.add_argument("--out", default=None,
-                   help="output folder (default: runs/<model>-<dataset>-<seed>, or a resumed "
-                        "run's own)")
+                   help="output folder (default: runs/<model>-<dataset>-<seed>, with -1, -2, ... "
+                        "appended while that holds a run; a resumed run writes beside its "
+                        "checkpoint)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="let a fresh run replace the run in --out (by default it refuses)")
     p.add_argument("--checkpoint", default=None,
                    help="checkpoint path to write (default: <out>/checkpoint.npz, or the "
                         "--resume checkpoint)")
     p.add_argument("--resume", default=None, metavar="PATH",
                    help="continue the run saved in this checkpoint, up to --epochs in total; "
                         "ends with the parameters an uninterrupted run would have")
+    p.add_argument("--init-from", default=None, metavar="PATH",
+                   help="start a new run from this checkpoint's weights, with hyper-parameters "
+                        "from the flags (else the model's defaults): fine-tuning, or the way "
+                        "on after a NaN stop with a smaller --lr")
     p.add_argument("--eval-only", action="store_true",
-                   help="evaluate the --resume checkpoint on the validation and test sets; no training")
+                   help="evaluate the --resume checkpoint (checkpoint.npz or best.npz) on the "
+                        "validation and test sets; no training")
     p.add_argument("--summary-json", default=None, metavar="PATH",
                    help="write the run's final summary as one JSON object to PATH")
     p.add_argument("--train-subset", type=_number(int, 1), default=None, metavar="N",
@@ -120,9 +174,16 @@ def build_parser():
     return p
 
 
-def resolve_config(args, parser, ckpt=None):
-    """The run's settings: flags, else the checkpoint's (resuming), else the ModelSpec's."""
+def resolve_config(args, parser, ckpt=None, init=None):
+    """The run's settings: flags, else the checkpoint's (resuming), else the ModelSpec's.
+    ``init`` (--init-from) gives the model and dataset of a fresh run, nothing else."""
     given = {key: getattr(args, key) for key in RESUME_FIXED if getattr(args, key) is not None}
+    if init is not None:
+        if given.get("model", init.config["model"]) != init.config["model"]:
+            parser.error(f"--model {given['model']} differs from the model of --init-from "
+                         f"checkpoint {init.path} ({init.config['model']!r})")
+        given.setdefault("model", init.config["model"])
+        given.setdefault("dataset", init.config["dataset"])
     if ckpt is not None:
         saved = ckpt.config
         if "model" in given and given["model"] != saved.get("model"):
@@ -155,34 +216,136 @@ def resolve_config(args, parser, ckpt=None):
                      f"{DATASET_SHAPES[config['dataset']]} but model {spec.name} takes "
                      f"{tuple(spec.input_shape)}")
     config["backend"] = args.backend
+    config["init_from"] = os.path.abspath(init.path) if init is not None else config.get("init_from")
+    # The data folder a run was given stays its data folder when it is resumed.
+    config["data_dir"] = os.path.abspath(args.data_dir) if args.data_dir else config.get("data_dir")
     # How the run is recorded: a resumed run keeps its own unless a flag says otherwise.
     for key, default in (("log_every", DEFAULT_LOG_EVERY), ("record_filters", None)):
         given_value = getattr(args, key)
         config[key] = given_value if given_value is not None else config.get(key, default)
-    config["out"] = args.out or (config.get("out") if ckpt is not None else None) or os.path.join(
-        "runs", f"{config['model']}-{config['dataset']}-{config['seed']}")
-    # A resumed run goes on writing the checkpoint it resumed from.
-    config["checkpoint"] = args.checkpoint or args.resume or os.path.join(config["out"], "checkpoint.npz")
+    # A resumed run writes beside the checkpoint it was given (or to --out), never to the
+    # folder recorded inside it: that may be another copy of the run, or relative to
+    # another directory.
+    if ckpt is not None:
+        config["out"] = args.out or os.path.dirname(os.path.abspath(ckpt.path))
+        config["checkpoint"] = args.checkpoint or (
+            os.path.join(args.out, CHECKPOINT_NAME) if args.out else ckpt.path)
+    else:
+        config["out"] = args.out or os.path.join(
+            "runs", f"{config['model']}-{config['dataset']}-{config['seed']}")
+        config["checkpoint"] = args.checkpoint or os.path.join(config["out"], CHECKPOINT_NAME)
     return config
 
 
+# ---- where the outputs go ------------------------------------------------------------------------
+def holds_run(folder, checkpoint=None):
+    """Whether ``folder`` (or the ``checkpoint`` path) holds the outputs of a run."""
+    return (checkpoint is not None and os.path.isfile(checkpoint)) or any(
+        os.path.isfile(os.path.join(folder, name)) for name in RUN_FILES)
+
+
+def place_outputs(config, args, ckpt):
+    """Make ``config``'s out and checkpoint absolute, never over another run: a fresh run
+    into a folder holding one refuses (UnusableInput) unless --overwrite, which removes
+    that run's files; a default --out holding one moves on to <out>-1, -2, ... A resumed
+    run may write into its own checkpoint's folder, unless it resumes that folder's best
+    checkpoint, which would go on over both. Then check every output writable."""
+    out, checkpoint = os.path.abspath(config["out"]), os.path.abspath(config["checkpoint"])
+    continuing = ckpt is not None and out == os.path.dirname(os.path.abspath(ckpt.path))
+    if continuing and os.path.basename(ckpt.path) == BEST_NAME:
+        raise UnusableInput(f"--resume {ckpt.path}: training on from a run's best checkpoint "
+                            "would write over that run's checkpoints; give --out NEW_FOLDER, or "
+                            "--init-from it to start a new run from its weights")
+    if not continuing and holds_run(out, checkpoint):
+        if args.overwrite:
+            for name in OUTPUT_FILES:
+                if os.path.isfile(os.path.join(out, name)):
+                    os.remove(os.path.join(out, name))
+            if os.path.isfile(checkpoint):
+                os.remove(checkpoint)
+        elif args.out is None and args.checkpoint is None:
+            taken, suffix = out, 1
+            while holds_run(f"{taken}-{suffix}"):
+                suffix += 1
+            out = f"{taken}-{suffix}"
+            checkpoint = os.path.join(out, CHECKPOINT_NAME)
+            print(f"{taken} holds a run already: this one goes to {out}", flush=True)
+        else:
+            raise UnusableInput(f"{out if holds_run(out) else checkpoint} holds a run already; "
+                                "pass --overwrite to replace it, --resume its checkpoint to "
+                                "continue it, or another --out")
+    config["out"], config["checkpoint"] = out, checkpoint
+    check_outputs({"checkpoint": checkpoint, "best checkpoint": os.path.join(out, BEST_NAME),
+                   "metrics": os.path.join(out, CSV_NAME), "--summary-json": args.summary_json})
+
+
+def check_outputs(outputs):
+    """UnusableInput naming the first of ``outputs`` (what -> path or None) that cannot be
+    written: found before training, not after it."""
+    for what, path in outputs.items():
+        if path is not None:
+            try:
+                check_writable(path)
+            except OSError as e:
+                raise UnusableInput(f"cannot write the {what} {os.path.abspath(path)}: {e}") from None
+
+
 # ---- data ------------------------------------------------------------------------------------
-def load_loaders(config, data_dir, xp, splits=("train", "test")):
-    """``{"train": ..., "val": ..., "test": ...}`` DataLoaders, the data moved to ``xp`` once."""
+def _one_line(error):
+    if isinstance(error, OSError) and error.filename:
+        return f"{error.filename}: {error.strerror or error}"
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def read_split(dataset, split, data_dir, files):
+    """A split's (images, labels), read from the files it names; each file read is added
+    to ``files`` (absolute path -> SHA-256, hashed once). Unusable data raises UnusableInput."""
+    try:
+        paths = data.dataset_files(dataset, split, root=data_dir, download=data_dir is None)
+        for path in paths:
+            path = os.path.abspath(path)
+            if path not in files:
+                files[path] = data.sha256_file(path)
+        images, labels = data.read_dataset_files(dataset, split, paths)
+    except data.DataFolderError as e:
+        raise UnusableInput(f"--data-dir: {e}") from None
+    except (ValueError, OSError) as e:  # a malformed or unreadable data file, named
+        raise UnusableInput(_one_line(e)) from None
+    minimum = 2 if split == "test" else 1  # the test split also gives the validation set
+    if len(images) < minimum:
+        raise UnusableInput(f"{os.path.abspath(paths[0])} holds {len(images)} image(s); the "
+                            f"{split} split needs at least {minimum}")
+    return images, labels
+
+
+def load_loaders(config, data_dir, xp, splits=("train", "test"), files=None):
+    """``{"train": ..., "val": ..., "test": ...}`` DataLoaders, the data moved to ``xp``
+    once; the files read are added to ``files`` (absolute path -> SHA-256) if given."""
     name, bs = config["dataset"], config["batch_size"]
     mean, std = data.NORMALIZATION[name]
-    loaders = {}
+    loaders, files = {}, {} if files is None else files
     if "train" in splits:
-        images, labels = data.load_dataset(name, "train", root=data_dir)
+        images, labels = read_split(name, "train", data_dir, files)
         n = config.get("train_subset") or len(images)
         loaders["train"] = data.DataLoader(images[:n], labels[:n], batch_size=bs, shuffle=True,
                                            seed=config["seed"], mean=mean, std=std, xp=xp)
-    images, labels = data.load_dataset(name, "test", root=data_dir)
+    images, labels = read_split(name, "test", data_dir, files)
     n = config.get("test_subset") or len(images)
     images, labels = images[:n], labels[:n]
     (val_x, val_y), _ = data.validation_split(images, labels, size=min(VALIDATION_SIZE, n // 2))
     loaders["val"] = data.DataLoader(val_x, val_y, batch_size=bs, mean=mean, std=std, xp=xp)
     loaders["test"] = data.DataLoader(images, labels, batch_size=bs, mean=mean, std=std, xp=xp)
+    return loaders
+
+
+def load_run_data(config, xp, splits=("train", "test")):
+    """:func:`load_loaders` from the run's data folder; prints and records in ``config``
+    (``data_files``: ``path`` and ``sha256`` of each) the files read."""
+    files = {}
+    loaders = load_loaders(config, config["data_dir"], xp, splits, files)
+    for path, digest in files.items():
+        print(f"data: {path} sha256 {digest}", flush=True)
+    config["data_files"] = [{"path": path, "sha256": digest} for path, digest in files.items()]
     return loaders
 
 
@@ -223,36 +386,82 @@ def _pct(x):
     return f"{100 * x:.2f}%"
 
 
-class Run:
-    """One training session: the model, its optimizer and data, and everything it writes."""
+def build_model(config):
+    """The run's model, fresh from the zoo, each BatchNorm2d -> ReLU (-> MaxPool2d) fused
+    into one nn.BatchNormReLU2d (the same numbers, faster): the one place a run builds it."""
+    return nn.fuse_modules(models.get_model(config["model"]), inplace=True)
 
-    def __init__(self, config, loaders, ckpt, args):
+
+def fusion_note(model):
+    """What ``build_model`` fused, for the run's first line."""
+    fused = sum(isinstance(m, nn.BatchNormReLU2d) for m in model.modules())
+    return f"; {fused} BatchNorm2d+ReLU(+MaxPool2d) fused as nn.BatchNormReLU2d" if fused else ""
+
+
+@contextlib.contextmanager
+def _writing(what):
+    """Turn an OSError of writing ``what`` (a path, or words naming the files) into
+    OutputFailed naming it: a full disk, say, is one line, not a traceback."""
+    try:
+        yield
+    except OSError as e:
+        raise OutputFailed(f"cannot write {what}: {e.strerror or e}") from None
+
+
+class Run:
+    """One training session: the model, its optimizer and data, and everything it writes.
+    ``ckpt`` is the checkpoint a resumed run continues; ``init`` the one whose weights
+    start a fresh run (--init-from)."""
+
+    def __init__(self, config, loaders, args, ckpt=None, init=None):
         self.config, self.loaders, self.args = config, loaders, args
         self.out, self.checkpoint_path = config["out"], config["checkpoint"]
+        self.best_path = os.path.join(self.out, BEST_NAME)
         backends.seed_all(config["seed"])  # the initial weights
-        self.model = models.get_model(config["model"])
+        self.model = build_model(config)
         self.optimizer = make_optimizer(config["optimizer"], list(self.model.parameters()),
                                         config["lr"], config["momentum"])
         self.epoch, self.batch, self.step, self.partial = 0, 0, 0, None
-        self.history = []
+        self.history, self.best = [], None
+        if init is not None:
+            load_weights(init, self.model)
         if ckpt is not None:
-            self.model.load_state_dict(ckpt.model_state)
-            self.optimizer.load_state_dict(ckpt.optimizer_state)
+            load_weights(ckpt, self.model, self.optimizer)
             self.epoch, self.batch, self.step = ckpt.epoch, ckpt.batch, ckpt.step
-            self.partial, self.history = ckpt.partial, list(ckpt.history)
+            self.partial, self.history, self.best = ckpt.partial, list(ckpt.history), ckpt.best
         # (path, epoch, batch) of the newest checkpoint of this run, kept if training fails
-        self.last_good = None if ckpt is None else (ckpt.path, ckpt.epoch, ckpt.batch)
-        self.metrics = MetricsLog(self.out)
-        self.metrics.truncate_after(self.step)
+        self.last_good = None if ckpt is None else (os.path.abspath(ckpt.path), ckpt.epoch, ckpt.batch)
+        if ckpt is not None:
+            self.carry_records(os.path.dirname(os.path.abspath(ckpt.path)))
+            if self.best is not None:  # the run's best checkpoint is the one in its folder
+                self.best = {**self.best, "path": self.best_path if os.path.isfile(self.best_path)
+                             else None}
+        with _writing(os.path.join(self.out, CSV_NAME)):
+            self.metrics = MetricsLog(self.out)
+            self.metrics.truncate_after(self.step)
         self.filters = None
         if config["record_filters"]:
-            self.filters = FilterRecorder(os.path.join(self.out, "filters.npz"),
+            self.filters = FilterRecorder(os.path.join(self.out, FILTERS_NAME),
                                           first_conv(self.model), config["record_filters"], self.step)
 
-    def save(self, epoch, batch, step, partial=None):
-        save_checkpoint(self.checkpoint_path, self.model, self.optimizer, config=self.config,
-                        epoch=epoch, batch=batch, step=step, history=self.history, partial=partial)
-        self.last_good = (self.checkpoint_path, epoch, batch)
+    def carry_records(self, source):
+        """A run resumed into another folder starts there with its metrics, filter records
+        and best checkpoint so far (metrics rows after its checkpoint are dropped below), so
+        the new folder holds the whole run."""
+        for name in (CSV_NAME, FILTERS_NAME, BEST_NAME):
+            origin, copy = os.path.join(source, name), os.path.join(self.out, name)
+            if source != self.out and os.path.isfile(origin) and not os.path.exists(copy):
+                with open(origin, "rb") as f, _writing(copy):
+                    atomic_write(copy, lambda out: shutil.copyfileobj(f, out))
+
+    def save(self, epoch, batch, step, partial=None, path=None):
+        path = path or self.checkpoint_path
+        with _writing(path):
+            save_checkpoint(path, self.model, self.optimizer, config=self.config, epoch=epoch,
+                            batch=batch, step=step, history=self.history, partial=partial,
+                            best=self.best)
+        if path == self.checkpoint_path:
+            self.last_good = (path, epoch, batch)
 
     def train(self):
         """Train up to ``config["epochs"]``; exceptions of training propagate."""
@@ -269,9 +478,11 @@ class Run:
                 if log is not None:
                     bar.set_postfix(loss=f"{log['epoch_loss']:.4f}", acc=_pct(log["epoch_accuracy"]),
                                     img_s=f"{log['images_per_second']:.0f}", refresh=False)
-                    self.metrics.append("step", epoch=e + 1, step=event["step"], train_loss=log["loss"],
-                                        train_acc=log["accuracy"], seconds=log["seconds"],
-                                        images_per_second=log["images_per_second"])
+                    with _writing(self.metrics.path):
+                        self.metrics.append("step", epoch=e + 1, step=event["step"],
+                                            train_loss=log["loss"], train_acc=log["accuracy"],
+                                            seconds=log["seconds"],
+                                            images_per_second=log["images_per_second"])
                 if self.filters is not None:
                     self.filters.maybe_add(event["step"])
 
@@ -285,6 +496,11 @@ class Run:
             self.step = (e + 1) * steps_per_epoch
             self.end_epoch(e, stats)
             self.epoch, self.batch, self.partial = e + 1, 0, None
+            record = self.history[-1]
+            if self.best is None or record["val_acc"] > self.best["val_acc"]:
+                self.best = {"epoch": self.epoch, "val_acc": record["val_acc"],
+                             "path": self.best_path}
+                self.save(self.epoch, 0, self.step, path=self.best_path)
             self.save(self.epoch, 0, self.step)
             self.write_side_files()
 
@@ -299,7 +515,8 @@ class Run:
                                          what={"val": "validation", "test": "test"}[split])
             record[f"{split}_loss"], record[f"{split}_acc"] = loss, acc
         self.history.append(record)
-        self.metrics.append("epoch", **{k: v for k, v in record.items() if k != "images"})
+        with _writing(self.metrics.path):
+            self.metrics.append("epoch", **{k: v for k, v in record.items() if k != "images"})
         print(f"epoch {e + 1}/{self.config['epochs']}: train loss {record['train_loss']:.4f} "
               f"acc {_pct(record['train_acc'])} | val acc {_pct(record['val_acc'])} | "
               f"test loss {record['test_loss']:.4f} acc {_pct(record['test_acc'])} | "
@@ -307,10 +524,12 @@ class Run:
 
     def write_side_files(self):
         if self.filters is not None and self.filters.steps:
-            self.filters.save()
+            with _writing(self.filters.path):
+                self.filters.save()
         if os.path.exists(self.metrics.path):
-            plot_metrics(self.metrics.path, self.out,
-                         title=f"{self.config['model']} on {self.config['dataset']}")
+            with _writing(f"the plots {LOSS_PNG} and {ERROR_PNG} in {self.out}"):
+                plot_metrics(self.metrics.path, self.out,
+                             title=f"{self.config['model']} on {self.config['dataset']}")
 
     def summary(self):
         """The final summary: the last epoch's numbers, training time over the whole run."""
@@ -321,33 +540,44 @@ class Run:
             val = evaluate(self.model, self.loaders["val"], self.config["loss"])
             test = evaluate(self.model, self.loaders["test"], self.config["loss"])
         path = self.checkpoint_path if os.path.exists(self.checkpoint_path) else None
-        return make_summary(self.config, self.epoch, self.step, self.history, val, test, path)
+        return make_summary(self.config, self.epoch, self.step, self.history, val, test, path,
+                            self.best)
 
 
-def make_summary(config, epochs, steps, history, val, test, checkpoint):
-    """The run's summary as one JSON-ready dict; ``val`` and ``test`` are (loss, accuracy)."""
+def make_summary(config, epochs, steps, history, val, test, checkpoint, best=None):
+    """The run's summary as one JSON-ready dict; ``val`` and ``test`` are (loss, accuracy);
+    paths are absolute."""
     seconds = sum(r["seconds"] for r in history)
     images = sum(r["images"] for r in history)
+    best = best or {}
     return {"model": config["model"], "backend": config["backend"], "dataset": config["dataset"],
             "epochs": epochs, "steps": steps, "seed": config["seed"],
             "batch_size": config["batch_size"], "optimizer": config["optimizer"],
-            "lr": config["lr"], "momentum": config["momentum"],
+            "lr": config["lr"], "momentum": config["momentum"], "threads": config.get("threads"),
             "test_accuracy": test[1], "test_loss": test[0], "val_accuracy": val[1], "val_loss": val[0],
             "train_seconds": seconds, "images_per_second": images / seconds if seconds else 0.0,
-            "checkpoint": checkpoint, "out": config["out"]}
+            "checkpoint": checkpoint and os.path.abspath(checkpoint),
+            "best_checkpoint": best.get("path"), "best_epoch": best.get("epoch"),
+            "best_val_accuracy": best.get("val_acc"), "init_from": config.get("init_from"),
+            "out": config["out"] and os.path.abspath(config["out"]),
+            "data_files": config.get("data_files", [])}
 
 
 def print_summary(summary):
+    best = ("" if summary["best_checkpoint"] is None else
+            f"; best checkpoint {summary['best_checkpoint']} (epoch {summary['best_epoch']}, "
+            f"validation accuracy {_pct(summary['best_val_accuracy'])})")
     print(f"done: {summary['model']} on {summary['dataset']} ({summary['backend']}), "
           f"{summary['epochs']} epoch(s), {summary['steps']} steps: test accuracy "
           f"{_pct(summary['test_accuracy'])}, test loss {summary['test_loss']:.4f}, "
           f"validation accuracy {_pct(summary['val_accuracy'])}; trained "
           f"{summary['train_seconds']:.1f} s at {summary['images_per_second']:.0f} images/s; "
-          f"checkpoint {summary['checkpoint']}; outputs in {summary['out']}", flush=True)
+          f"last checkpoint {summary['checkpoint']}{best}; outputs in {summary['out']}", flush=True)
 
 
 def write_summary_json(path, summary):
-    atomic_replace_text(path, json.dumps(summary, indent=2) + "\n")
+    with _writing(os.path.abspath(path)):
+        atomic_replace_text(path, json.dumps(summary, indent=2) + "\n")
 
 
 def error(message):
@@ -355,13 +585,54 @@ def error(message):
 
 
 # ---- entry points ------------------------------------------------------------------------------
+def list_models():
+    print(f"{'model':<14}{'parameters':>11}  {'dataset':<14}{'optimizer, lr':<16}tutorial")
+    for name, spec in models.MODELS.items():
+        count = sum(int(np.prod(p.shape)) for p in models.get_model(name).parameters())
+        print(f"{name:<14}{count:>11,}  {spec.dataset:<14}{f'{spec.optimizer} {spec.lr:g}':<16}"
+              f"{spec.tutorial}")
+    return 0
+
+
+def choose_backend(name):
+    """The backend called ``name``; "auto" is CuPy where it is usable, else NumPy (saying
+    which). BackendUnavailable propagates for a named backend."""
+    if name != "auto":
+        return backends.use_backend(name)
+    try:
+        backend = backends.use_backend("cupy")
+        print("backend auto: cupy (GPU)", flush=True)
+    except backends.BackendUnavailable as e:
+        backend = backends.use_backend("numpy")
+        print(f"backend auto: numpy (CPU); cupy is unusable here: {e}", flush=True)
+    return backend
+
+
+def set_threads(config, args, ckpt):
+    """The NumPy backend's thread count: --threads, else a resumed run's own (a count
+    changes the rounding of the products, so keeping it keeps a resumed run bit-identical
+    to an uninterrupted one), else the default; a resumed run told to use another count
+    says so."""
+    saved = (ckpt.config.get("threads") if ckpt is not None and config["backend"] == "numpy"
+             and ckpt.config.get("backend") == "numpy" else None)
+    threads = args.threads or saved
+    if threads:
+        backends.set_num_threads(threads)
+    config["threads"] = backends.get_num_threads() if config["backend"] == "numpy" else None
+    if saved and config["threads"] != saved and not args.eval_only:
+        print(f"note: checkpoint {ckpt.path} was trained with {saved} thread(s) and goes on "
+              f"with {config['threads']}: the products round differently, so the result will not "
+              "be bit-identical to an uninterrupted run", flush=True)
+
+
 def evaluate_only(config, args, ckpt, xp):
-    model = models.get_model(config["model"])
-    model.load_state_dict(ckpt.model_state)
-    loaders = load_loaders(config, args.data_dir, xp, splits=("test",))
+    model = build_model(config)
+    load_weights(ckpt, model)
+    loaders = load_run_data(config, xp, splits=("test",))
     val = evaluate(model, loaders["val"], config["loss"])
     test = evaluate(model, loaders["test"], config["loss"])
-    summary = make_summary(config, ckpt.epoch, ckpt.step, ckpt.history, val, test, ckpt.path)
+    summary = make_summary(config, ckpt.epoch, ckpt.step, ckpt.history, val, test, ckpt.path,
+                           ckpt.best)
     summary["test_images"] = loaders["test"].dataset_size
     print(f"{ckpt.path}: {config['model']} after {ckpt.epoch} epoch(s) ({ckpt.step} steps) on "
           f"{config['dataset']}: validation loss {val[0]:.4f} accuracy {_pct(val[1])}; "
@@ -372,37 +643,56 @@ def evaluate_only(config, args, ckpt, xp):
     return 0
 
 
-def train(config, args, ckpt, xp):
-    loaders = load_loaders(config, args.data_dir, xp)
-    run = Run(config, loaders, ckpt, args)
+def _kept(run):
+    return ("this run wrote no checkpoint" if run.last_good is None else
+            "the last good checkpoint {} (epoch {}, batch {}) is kept".format(*run.last_good))
+
+
+def train(config, args, ckpt, init, xp):
+    loaders = load_run_data(config, xp)
+    if ckpt is not None and ckpt.config.get("data_files") not in (None, config["data_files"]):
+        print(f"note: the data files differ from those checkpoint {ckpt.path} was trained on "
+              "(paths or SHA-256 above)", flush=True)
+    run = Run(config, loaders, args, ckpt=ckpt, init=init)
     n_train = loaders["train"].dataset_size
     plan = (f"epochs {run.epoch + 1}..{config['epochs']}" if run.epoch < config["epochs"]
             else f"no epoch left to train ({run.epoch} done)")
-    print(f"training {config['model']} on {config['dataset']} with {config['backend']}: "
+    threads = f", {config['threads']} thread(s)" if config["threads"] else ""
+    start = f"; weights from {config['init_from']}" if init is not None else ""
+    print(f"training {config['model']} on {config['dataset']} with {config['backend']}{threads}: "
           f"{n_train} training, {loaders['val'].dataset_size} validation, "
           f"{loaders['test'].dataset_size} test images; {plan}, {len(loaders['train'])} "
           f"batches of {config['batch_size']} per epoch; {config['optimizer']} "
-          f"lr {config['lr']} momentum {config['momentum']}; seed {config['seed']}; out {run.out}",
-          flush=True)
+          f"lr {config['lr']} momentum {config['momentum']}; seed {config['seed']}{start}"
+          f"{fusion_note(run.model)}; out {run.out}", flush=True)
     try:
-        # Overflow warnings would bury the NaN/inf message that training gives itself.
-        with interrupts_at_batch_boundaries(), np.errstate(over="ignore", invalid="ignore"):
-            run.train()
-    except TrainingInterrupted as stop:
-        run.save(stop.epoch, stop.next_batch, stop.step, stop.totals if stop.next_batch else None)
-        run.write_side_files()
-        where = (f"after batch {stop.next_batch} of epoch {stop.epoch + 1}" if stop.next_batch
-                 else f"before epoch {stop.epoch + 1}")
-        print(f"\ninterrupted {where}: saved {run.checkpoint_path}\nresume with: python -m minitorch_cnn.train --resume "
-              f"{run.checkpoint_path} --epochs {config['epochs']}", file=sys.stderr, flush=True)
-        return EXIT_INTERRUPTED
+        try:
+            # Overflow warnings would bury the NaN/inf message that training gives itself.
+            with interrupts_at_batch_boundaries(), np.errstate(over="ignore", invalid="ignore"):
+                run.train()
+        except TrainingInterrupted as stop:
+            run.save(stop.epoch, stop.next_batch, stop.step, stop.totals if stop.next_batch else None)
+            run.write_side_files()
+            where = (f"after batch {stop.next_batch} of epoch {stop.epoch + 1}" if stop.next_batch
+                     else f"before epoch {stop.epoch + 1}")
+            by = "SIGTERM" if stop.signum == signal.SIGTERM else "Ctrl-C"
+            print(f"\ninterrupted by {by} {where}: saved {run.checkpoint_path}\nresume with: "
+                  f"python -m minitorch_cnn.train --resume {run.checkpoint_path} --epochs "
+                  f"{config['epochs']}", file=sys.stderr, flush=True)
+            return EXIT_FOR_SIGNAL.get(stop.signum, EXIT_INTERRUPTED)
     except NonFiniteLossError as e:
         run.write_side_files()
-        kept = ("this run wrote no checkpoint" if run.last_good is None else
-                "the last good checkpoint {} (epoch {}, batch {}) is kept".format(*run.last_good))
-        error(f"{e}; training stopped and {kept}. Try a smaller --lr.")
-        return EXIT_NONFINITE
-    except KeyboardInterrupt:  # a second Ctrl-C: stop now, mid-step, without saving
+        if run.last_good is None:
+            advice = f"start again with a smaller learning rate, e.g. --lr {config['lr'] / 10:g}"
+        else:
+            advice = (f"to go on from it with a smaller learning rate: python -m minitorch_cnn.train "
+                      f"--init-from {run.last_good[0]} --lr {config['lr'] / 10:g}")
+        error(f"{e}; training stopped and {_kept(run)}; {advice}")
+        return EXIT_FAILURE
+    except OutputFailed as e:
+        error(f"{e}; training stopped and {_kept(run)}")
+        return EXIT_FAILURE
+    except KeyboardInterrupt:  # a second signal: stop now, mid-step, without saving
         error("interrupted twice: stopped without saving; the last checkpoint is kept")
         return EXIT_INTERRUPTED
     summary = run.summary()
@@ -412,37 +702,79 @@ def train(config, args, ckpt, xp):
     return 0
 
 
+def _read_checkpoint(flag, path, parser):
+    try:
+        ckpt = load_checkpoint(path)
+    except (FileNotFoundError, CheckpointError) as e:
+        parser.error(f"{flag}: {e}")
+    missing = [key for key in CHECKPOINT_CONFIG if key not in ckpt.config]
+    if missing:
+        parser.error(f"{flag}: checkpoint {path}: its config lacks {', '.join(map(repr, missing))}")
+    if ckpt.config["model"] not in models.MODELS:
+        parser.error(f"{flag}: checkpoint {path} holds an unknown model {ckpt.config['model']!r}")
+    if ckpt.config["dataset"] not in data.DATASETS:
+        parser.error(f"{flag}: checkpoint {path} names an unknown dataset {ckpt.config['dataset']!r}")
+    return ckpt
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.list_models:
+        return list_models()
     if args.eval_only and not args.resume:
         parser.error("--eval-only needs --resume PATH (the checkpoint to evaluate)")
-    ckpt = None
-    if args.resume:
-        try:
-            ckpt = load_checkpoint(args.resume)
-        except (FileNotFoundError, CheckpointError) as e:
-            parser.error(f"--resume: {e}")
-    config = resolve_config(args, parser, ckpt)
-    if config["record_filters"] and first_conv(models.get_model(config["model"])) is None:
+    if args.init_from and args.resume:
+        parser.error("--init-from starts a new run and --resume continues one: give one of them")
+    ckpt = _read_checkpoint("--resume", args.resume, parser) if args.resume else None
+    init = _read_checkpoint("--init-from", args.init_from, parser) if args.init_from else None
+    config = resolve_config(args, parser, ckpt, init)
+    if config["record_filters"] and first_conv(build_model(config)) is None:
         parser.error(f"--record-filters: model {config['model']} has no Conv2d layer")
-    if args.threads:
-        backends.set_num_threads(args.threads)
     try:
-        backend = backends.use_backend(config["backend"])
-    except backends.BackendUnavailable as e:
-        error(f"backend {config['backend']!r} is unavailable: {e}")
-        return EXIT_USAGE
+        previous_sigterm = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread: SIGTERM keeps its handler
+        previous_sigterm = None
     try:
+        return _run(config, args, ckpt, init)
+    finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+def _run(config, args, ckpt, init):
+    try:
+        try:
+            backend = choose_backend(config["backend"])
+        except backends.BackendUnavailable as e:
+            error(f"backend {config['backend']!r} is unavailable: {e}")
+            return EXIT_USAGE
+        config["backend"] = backend.name
+        if args.eval_only:
+            check_outputs({"--summary-json": args.summary_json})
+        else:
+            place_outputs(config, args, ckpt)
+        set_threads(config, args, ckpt)
+        backend.prepare()  # build the kernels now, not inside the first step
         if args.eval_only:
             return evaluate_only(config, args, ckpt, backend.xp)
-        return train(config, args, ckpt, backend.xp)
-    except data.DatasetNotFoundError as e:
+        return train(config, args, ckpt, init, backend.xp)
+    except (UnusableInput, CheckpointError) as e:
+        error(str(e))
+        return EXIT_USAGE
+    except (OutputFailed, data.DatasetNotFoundError) as e:
         error(str(e))
         return EXIT_FAILURE
-    except KeyboardInterrupt:  # Ctrl-C outside the training loop (loading data, say)
-        error("interrupted")
-        return EXIT_INTERRUPTED
+    except OSError as e:  # anything else the system refused (removing an --overwrite-n run, say)
+        error(_one_line(e))
+        return EXIT_FAILURE
+    except KeyboardInterrupt as e:  # a signal outside the training loop (loading data, say)
+        error("interrupted by SIGTERM" if isinstance(e, Terminated) else "interrupted")
+        return EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED
     except MemoryError as e:
         error(f"out of memory ({type(e).__name__}: {e}) with --batch-size {config['batch_size']}; "
               "try a smaller --batch-size")

@@ -37,12 +37,14 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped training at a batch boundary: the model and optimizer hold the
-    state after ``next_batch`` batches of epoch ``epoch``; ``totals`` are that partial
-    epoch's running totals (pass them back to :func:`train_epoch` when resuming)."""
+    """Ctrl-C (or SIGTERM, ``signum``) stopped training at a batch boundary: the model
+    and optimizer hold the state after ``next_batch`` batches of epoch ``epoch``;
+    ``totals`` are that partial epoch's running totals (pass them back to
+    :func:`train_epoch` when resuming)."""
 
-    def __init__(self, epoch, next_batch, step, totals):
+    def __init__(self, epoch, next_batch, step, totals, signum=signal.SIGINT):
         self.epoch, self.next_batch, self.step, self.totals = epoch, next_batch, step, totals
+        self.signum = signum
         super().__init__(f"interrupted after batch {next_batch} of epoch {epoch + 1}")
 
 
@@ -185,13 +187,14 @@ def train_epoch(model, optimizer, loader, loss_kind, *, epoch, seed, start_batch
         return loss_sum, correct, images, seconds
 
     def interrupted(next_batch):
-        _interrupt_requested[0] = False
+        signum, _interrupt_requested[0] = _interrupt_requested[0] or signal.SIGINT, None
         absorb()  # a checkpoint follows: never write one after a non-finite loss
-        return TrainingInterrupted(epoch, next_batch, epoch * steps_per_epoch + next_batch, totals)
+        return TrainingInterrupted(epoch, next_batch, epoch * steps_per_epoch + next_batch, totals,
+                                   signum)
 
     model.train()
     for b, (x, y) in enumerate(loader.batches(epoch, start_batch), start=start_batch):
-        if _interrupt_requested[0]:  # Ctrl-C came during the previous step or between epochs
+        if _interrupt_requested[0]:  # a signal came during the previous step or between epochs
             raise interrupted(b)
         backends.seed_all(step_seed(seed, epoch, b))
         optimizer.zero_grad()
@@ -217,34 +220,37 @@ def train_epoch(model, optimizer, loader, loss_kind, *, epoch, seed, start_batch
     return _epoch_result(totals)
 
 
-# ---- Ctrl-C at batch boundaries -------------------------------------------------------------
-_interrupt_requested = [False]
+# ---- Ctrl-C and SIGTERM at batch boundaries -----------------------------------------------------
+_interrupt_requested = [None]  # the number of the signal that asked training to stop
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @contextlib.contextmanager
 def interrupts_at_batch_boundaries():
-    """Inside the block, a first Ctrl-C (SIGINT) lets the current step finish and then
-    stops :func:`train_epoch` with :class:`TrainingInterrupted`, so the state can be saved
-    whole; a second Ctrl-C raises KeyboardInterrupt at once. Outside the main thread,
+    """Inside the block, a first Ctrl-C (SIGINT) or SIGTERM (``kill``, ``timeout``, a
+    scheduler, ``docker stop``) lets the current step finish and then stops
+    :func:`train_epoch` with :class:`TrainingInterrupted`, so the state can be saved
+    whole; a second signal raises KeyboardInterrupt at once. Outside the main thread,
     where signal handlers cannot be set, the block changes nothing."""
     def request(signum, frame):
         if _interrupt_requested[0]:
             raise KeyboardInterrupt
-        _interrupt_requested[0] = True
+        _interrupt_requested[0] = signum
 
     try:
-        previous = signal.signal(signal.SIGINT, request)
+        previous = {s: signal.signal(s, request) for s in STOP_SIGNALS}
     except ValueError:  # not the main thread
         yield
         return
-    _interrupt_requested[0] = False
+    _interrupt_requested[0] = None
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-        _interrupt_requested[0] = False
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        _interrupt_requested[0] = None
 
 
 __all__ = ["make_optimizer", "loss_function", "evaluate", "train_epoch", "step_seed",
-           "interrupts_at_batch_boundaries", "NonFiniteLossError", "TrainingInterrupted",
+           "interrupts_at_batch_boundaries", "STOP_SIGNALS", "NonFiniteLossError", "TrainingInterrupted",
            "LOSSES", "OPTIMIZERS"]

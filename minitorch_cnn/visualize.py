@@ -14,7 +14,7 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-from .checkpoint import atomic_write
+from .files import atomic_write
 
 DPI = 100
 TITLE_INCHES = 0.45      # band above a tile grid for its title (two lines)

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 
-from minitorch_cnn.checkpoint import atomic_write
+from minitorch_cnn.files import atomic_write
 from minitorch_cnn.models import MODELS
 
 __all__ = ["FRAMEWORKS", "parse_models", "child_environment", "commands", "format_table",

@@ -22,7 +22,8 @@ import zipfile
 import numpy as np
 import torch
 
-from minitorch_cnn.checkpoint import MODEL_PREFIX, atomic_write
+from minitorch_cnn.checkpoint import MODEL_PREFIX
+from minitorch_cnn.files import atomic_write
 
 __all__ = ["CHECKPOINT_PREFIX", "to_torch", "from_torch", "save_npz", "load_npz", "save_pth",
            "load_pth", "copy_weights", "load_state", "save_state", "main"]

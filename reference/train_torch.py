@@ -13,7 +13,8 @@ Prints per epoch the training loss and accuracy, validation and test accuracy an
 epoch's training seconds (evaluation excluded, as in ours); ``--summary-json`` writes
 the summary with the keys ``minitorch_cnn.train`` writes, backend ``"torch-cpu"``.
 
-Exit status as ours: 0 done, 1 data not found, 2 bad flags, 3 a NaN/inf training loss.
+Exit status as ours: 0 done, 1 failed (data not found, a NaN/inf training loss), 2 unusable
+input (bad flags, a bad data file or --data-dir).
 """
 import argparse
 import sys
@@ -211,12 +212,15 @@ def main(argv=None):
     try:
         summary, _ = train(config, args.data_dir,
                            on_epoch=lambda record: _print_epoch(record, config["epochs"]))
+    except ours.UnusableInput as e:  # a data file or --data-dir, named in one line
+        ours.error(str(e))
+        return ours.EXIT_USAGE
     except data.DatasetNotFoundError as e:
         ours.error(str(e))
         return ours.EXIT_FAILURE
     except FloatingPointError as e:
         ours.error(f"{e}; training stopped. Try a smaller --lr.")
-        return ours.EXIT_NONFINITE
+        return ours.EXIT_FAILURE
     print(f"done: torch twin of {summary['model']} on {summary['dataset']}, {summary['epochs']} "
           f"epoch(s): test accuracy {100 * summary['test_accuracy']:.2f}%, test loss "
           f"{summary['test_loss']:.4f}; trained {summary['train_seconds']:.1f} s at "

@@ -145,7 +145,8 @@ def test_discovery_order(isolated, monkeypatch):
     assert count() == 4                                # 3. ./data/<name>
     shutil.rmtree(isolated / "cwd" / "data")
     assert count() == 5                                # 4. the Debian folder
-    assert count(root=isolated / "empty-root") == 5    # a root without files falls through
+    with pytest.raises(mtd.DataFolderError, match="empty-root does not exist"):
+        count(root=isolated / "empty-root")            # a root is authoritative: no fall-through
     assert mtd.find_dataset("fashion-mnist", "train")[0].startswith(str(isolated / "debian"))
     shutil.rmtree(isolated / "debian")
     assert mtd.find_dataset("fashion-mnist", "train") is None
@@ -164,18 +165,43 @@ def test_a_split_needs_both_of_its_files(isolated):
     write_mnist(root, 3, split="train")
     os.remove(root / "train-labels-idx1-ubyte.gz")
     write_mnist(isolated / "cwd" / "data" / "mnist", 4)
-    assert len(mtd.load_dataset("mnist", "train", root=root, download=False)[0]) == 4
+    with pytest.raises(mtd.DataFolderError, match=r"holds no MNIST 'train' split: it needs "
+                                                  r"train-images-idx3-ubyte\[\.gz\] and train-labels"):
+        mtd.load_dataset("mnist", "train", root=root, download=False)
+    assert len(mtd.load_dataset("mnist", "train", download=False)[0]) == 4
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda p: p.mkdir(), "is empty"),
+    (lambda p: p.write_text("x"), "is not a folder"),
+    (lambda p: None, "does not exist"),
+])
+def test_an_unusable_root_is_a_one_line_error_naming_it(isolated, make, message):
+    write_mnist(isolated / "cwd" / "data" / "mnist", 4)  # never used instead
+    root = isolated / "root"
+    make(root)
+    with pytest.raises(mtd.DataFolderError) as ei:
+        mtd.load_dataset("mnist", "test", root=root, download=False)
+    assert str(ei.value).startswith(f"data folder {root} {message}") and "\n" not in str(ei.value)
+
+
+def test_dataset_files_names_what_load_dataset_reads(isolated):
+    images, labels = write_mnist(isolated / "root", 3, split="test", gz=False)
+    paths = mtd.dataset_files("mnist", "test", root=isolated / "root")
+    assert [os.path.basename(p) for p in paths] == ["t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+    x, y = mtd.read_dataset_files("mnist", "test", paths)
+    np.testing.assert_array_equal(x, images)
+    np.testing.assert_array_equal(y, labels)
 
 
 def test_not_found_error_lists_every_place(isolated, monkeypatch):
     env = isolated / "env"
     monkeypatch.setenv("MINITORCH_DATA", str(env))
     with pytest.raises(mtd.DatasetNotFoundError) as ei:
-        mtd.load_dataset("fashion-mnist", "test", root=isolated / "r", download=False)
+        mtd.load_dataset("fashion-mnist", "test", download=False)
     msg = str(ei.value)
     assert isinstance(ei.value, RuntimeError)
-    for place in [isolated / "r", isolated / "r" / "fashion-mnist", env,
-                  env / "fashion-mnist", isolated / "cwd" / "data" / "fashion-mnist",
+    for place in [env, env / "fashion-mnist", isolated / "cwd" / "data" / "fashion-mnist",
                   isolated / "debian"]:
         assert str(place) in msg, (place, msg)
     order = [msg.index(s) for s in ["--data-dir", "$MINITORCH_DATA", "./data/fashion-mnist",

@@ -328,16 +328,19 @@ def test_load_dataset_downloads_into_env_then_cwd(isolated, mnist_server, monkey
                                                             "t10k-labels-idx1-ubyte.gz"]
 
 
-def test_load_dataset_skips_an_unwritable_root(isolated, mnist_server):
+def test_load_dataset_refuses_a_root_that_is_a_file(isolated, mnist_server):
     not_a_dir = isolated / "a-file"
     not_a_dir.write_text("x")
-    mtd.load_dataset("mnist", "test", root=not_a_dir)
-    assert (isolated / "cwd" / "data" / "mnist" / "t10k-images-idx3-ubyte.gz").is_file()
+    with pytest.raises(mtd.DataFolderError, match="a-file is not a folder"):
+        mtd.load_dataset("mnist", "test", root=not_a_dir)
+    assert mnist_server.requests == [] and not (isolated / "cwd" / "data").exists()
 
 
 def test_load_dataset_download_false_makes_no_request(isolated, mnist_server):
-    with pytest.raises(mtd.DatasetNotFoundError, match="download=False"):
+    with pytest.raises(mtd.DataFolderError, match="root does not exist"):
         mtd.load_dataset("mnist", "test", root=isolated / "root", download=False)
+    with pytest.raises(mtd.DatasetNotFoundError, match="download=False"):
+        mtd.load_dataset("mnist", "test", download=False)
     assert mnist_server.requests == []
     assert not (isolated / "root").exists()
 
@@ -348,7 +351,7 @@ def test_load_dataset_all_mirrors_failing(isolated, mnist_server, monkeypatch):
     with pytest.raises(mtd.DatasetNotFoundError) as ei:
         mtd.load_dataset("mnist", "test", root=root)
     msg = str(ei.value)
-    assert str(root) in msg and str(isolated / "cwd" / "data" / "mnist") in msg
+    assert str(root) in msg and str(isolated / "cwd" / "data") not in msg  # root only
     assert mnist_server.base + "/a/t10k-images-idx3-ubyte.gz: HTTP 404" in msg
     assert mnist_server.base + "/b/t10k-images-idx3-ubyte.gz: SHA-256 mismatch" in msg
     assert "--data-dir" in msg

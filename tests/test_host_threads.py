@@ -155,7 +155,9 @@ def test_narrow_product_is_made_in_column_blocks(host, monkeypatch):
     got = host.matmul(a, b)
     monkeypatch.undo()
     assert calls == [(25, host.NARROW_BLOCK), (25, host.NARROW_BLOCK + 100)]  # the rest joins the last
-    np.testing.assert_array_equal(got, np.concatenate([a @ b[:, :host.NARROW_BLOCK], a @ b[:, host.NARROW_BLOCK:]], axis=1))
+    with threadpool_limits(1):  # one thread: BLAS's too, whose kernel choice changes the rounding
+        want = np.concatenate([a @ b[:, :host.NARROW_BLOCK], a @ b[:, host.NARROW_BLOCK:]], axis=1)
+    np.testing.assert_array_equal(got, want)
     np.testing.assert_allclose(got, a.astype(np.float64) @ b, rtol=1e-5, atol=1e-5)
 
 
@@ -189,6 +191,20 @@ def test_large_work_splits_and_restores_blas(host, split_calls, monkeypatch):
     seen.clear()
     host.parallel(lambda a, b: seen.append((a, b, blas_threads())), 8, 10)
     assert seen == [(0, 8, before)]
+
+
+def test_one_thread_means_one_blas_thread_too(host, monkeypatch):
+    """set_num_threads(1) runs every product and kernel on one BLAS thread (PyTorch's
+    meaning), and gives the caller's BLAS setting back afterwards."""
+    host.set_num_threads(1)
+    before = blas_threads()
+    seen = []
+    real = np.matmul
+    monkeypatch.setattr(np, "matmul", lambda *a, **k: seen.append(blas_threads()) or real(*a, **k))
+    host.matmul(f32(8, 8), f32(8, 8))
+    host.parallel(lambda a, b: seen.append(blas_threads()), 8, 1 << 30)
+    assert seen == [[1] * len(before)] * 2 and blas_threads() == before
+    host.set_num_threads(2)
 
 
 def test_seeding_ends_our_mode(host, monkeypatch):

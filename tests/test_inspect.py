@@ -5,15 +5,20 @@ The CLI tests check that each PNG is a real PNG of the size its layout implies, 
 cross-check the numbers against independent paths: the training CLI's own test
 accuracy, `training.evaluate`, and a hand-normalised forward pass.
 """
+import base64
 import csv
+import html.parser
+import io
 import json
+import os
+import shutil
 
 import numpy as np
 import pytest
 
 import minitorch_cnn as mt
 from minitorch_cnn import inspect as insp
-from minitorch_cnn import train, training, visualize
+from minitorch_cnn import html_page, train, training, visualize
 from minitorch_cnn.checkpoint import load_model
 from minitorch_cnn.data import NORMALIZATION, DataLoader, find_dataset, load_dataset
 
@@ -211,9 +216,9 @@ def trained(tmp_path_factory):
 
 
 def run(argv, out):
-    """Run the inspect CLI; its exit status and the summary.json it wrote (or None)."""
+    """Run the inspect CLI; its exit status and the summary-<subcommand>.json it wrote (or None)."""
     rc = insp.main(argv + ["--out", str(out)])
-    path = out / "summary.json"
+    path = out / f"summary-{argv[0]}.json"
     return rc, (json.loads(path.read_text()) if rc == 0 else None)
 
 
@@ -417,3 +422,115 @@ def test_bad_arguments_are_usage_errors_naming_the_flag(argv, flag, tmp_path, ca
         insp.main(argv + ["--out", str(tmp_path)])
     assert stop.value.code == 2
     assert flag in capsys.readouterr().err
+
+
+# ---- report: one self-contained page of a run ------------------------------------------------
+class PageParser(html.parser.HTMLParser):
+    """The section ids, <img> sources, link targets, text, and text of each section."""
+
+    def __init__(self):
+        super().__init__()
+        self.sections, self.images, self.links, self.text = [], [], [], []
+        self.section_text = {}
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "section":
+            self.sections.append(attrs["id"])
+            self.section_text[attrs["id"]] = ""
+        elif tag == "img":
+            self.images.append(attrs["src"])
+        elif tag in ("a", "link", "script"):
+            self.links.append(attrs.get("href") or attrs.get("src"))
+
+    def handle_data(self, data):
+        self.text.append(data)
+        if self.sections:
+            self.section_text[self.sections[-1]] += data
+
+
+def parse_page(path):
+    parser = PageParser()
+    parser.feed(path.read_text(encoding="utf-8"))
+    return parser
+
+
+def decode_png(src):
+    """The pixels of an embedded PNG (fails unless ``src`` is a PNG data URI that decodes)."""
+    import matplotlib.image
+
+    prefix = "data:image/png;base64,"
+    assert src.startswith(prefix), src[:40]
+    data = base64.b64decode(src[len(prefix):], validate=True)
+    assert data.startswith(visualize.PNG_SIGNATURE)
+    return matplotlib.image.imread(io.BytesIO(data), format="png")
+
+
+def test_report_gathers_the_run_into_one_page_and_keeps_every_summary(trained, tmp_path):
+    out = tmp_path / "inspect"
+    rc, summary = run(["report", str(trained["out"]), "--test-subset", str(TEST_SUBSET)], out)
+    assert rc == 0 and summary["missing"] == []
+    # Every inspection the report ran into the one folder kept its own summary.
+    commands = ("filters", "evolution", "features", "predictions", "shift")
+    kept = {c: json.loads((out / f"summary-{c}.json").read_text()) for c in commands}
+    assert all(s["command"] == c for c, s in kept.items())
+    assert not (out / "summary.json").exists()
+
+    page = parse_page(out / "report.html")
+    assert page.sections == ["curves", "filters", "evolution", "features", "predictions",
+                             "confusion", "shift"] == summary["sections"]
+    # 2 curves, 2 filter layers, 2 evolution pictures, 2 feature maps, gallery, confusion,
+    # shift curve and example: each an embedded PNG that decodes to a drawn picture.
+    assert len(page.images) == 12
+    for src in page.images:
+        pixels = decode_png(src)
+        assert pixels.ndim == 3 and pixels.std() > 0
+    assert all(link.startswith("#") for link in page.links)  # nothing outside the file
+    accuracy = f"{100 * trained['summary']['test_accuracy']:.2f}%"
+    assert f"accuracy {accuracy} on {TEST_SUBSET} test images" in page.section_text["predictions"]
+    assert accuracy in page.section_text["curves"]  # the epoch table, from metrics.csv
+
+
+def test_report_reruns_only_inspections_older_than_the_checkpoint(trained, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained["out"], run_dir)
+    argv = ["report", str(run_dir), "--test-subset", "50"]
+    assert insp.main(argv) == 0
+    out = run_dir / "inspect"  # the default
+    summaries = {p.name: p.stat().st_mtime_ns for p in out.glob("summary-*.json")}
+    assert insp.main(argv) == 0  # everything is up to date: only the report is written again
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("summary-*.json")
+            if p.name != "summary-report.json"} == \
+        {k: v for k, v in summaries.items() if k != "summary-report.json"}
+    later = max(p.stat().st_mtime for p in out.iterdir()) + 10
+    os.utime(run_dir / "checkpoint.npz", (later, later))  # as if trained again
+    assert insp.main(argv) == 0
+    rerun = {p.name for p in out.glob("summary-*.json")
+             if p.stat().st_mtime_ns != summaries[p.name]}
+    assert rerun == {"summary-filters.json", "summary-features.json", "summary-predictions.json",
+                     "summary-shift.json", "summary-report.json"}
+
+
+def test_report_names_what_is_missing(trained, tmp_path, capsys):
+    run_dir = tmp_path / "curves-only"
+    run_dir.mkdir()
+    shutil.copy(trained["out"] / "metrics.csv", run_dir)
+    rc, summary = run(["report", str(run_dir)], tmp_path / "out")
+    assert rc == 0
+    assert summary["sections"] == ["curves"]
+    assert summary["missing"] == ["filters", "evolution", "features", "predictions", "shift"]
+    page = parse_page(tmp_path / "out" / "report.html")
+    assert page.images == []  # no loss.png / error.png copied, and no inspections
+    assert "no checkpoint.npz in" in " ".join(page.text)
+
+    missing = tmp_path / "no-such-run"
+    rc, _ = run(["report", str(missing)], missing / "inspect")
+    assert rc == 1 and not missing.exists()  # refused before any folder is made
+    assert "no-such-run does not exist" in capsys.readouterr().err
+
+
+def test_page_refuses_an_image_that_is_not_a_png(tmp_path):
+    fake = tmp_path / "fake.png"
+    fake.write_bytes(b"GIF89a")
+    with pytest.raises(ValueError, match="fake.png: not a PNG"):
+        html_page.png_data_uri(fake)

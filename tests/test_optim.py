@@ -213,3 +213,61 @@ def test_param_group_lr_can_be_changed():
     msd = mm.state_dict()
     for k, v in tm.state_dict().items():
         assert_close(msd[k], v, atol=ATOL, rtol=RTOL, what=k)
+
+
+# ---- argument checks: PyTorch's, with PyTorch's exception and message -----------------
+BAD_ARGUMENTS = [
+    ("sgd_negative_lr", lambda o, p: o.SGD(p, lr=-1)),
+    ("sgd_negative_momentum", lambda o, p: o.SGD(p, lr=0.1, momentum=-1)),
+    ("sgd_negative_weight_decay", lambda o, p: o.SGD(p, lr=0.1, weight_decay=-1)),
+    ("sgd_nesterov_without_momentum", lambda o, p: o.SGD(p, lr=0.1, nesterov=True)),
+    ("sgd_nesterov_with_dampening", lambda o, p: o.SGD(p, lr=0.1, momentum=0.9, dampening=0.1, nesterov=True)),
+    ("sgd_empty", lambda o, p: o.SGD([], lr=0.1)),
+    ("sgd_lr_checked_before_params", lambda o, p: o.SGD([], lr=-0.5)),
+    ("sgd_group_of_a_set", lambda o, p: o.SGD([{"params": set(p)}], lr=0.1)),
+    ("sgd_not_tensors", lambda o, p: o.SGD([1.0], lr=0.1)),
+    ("sgd_non_leaf", lambda o, p: o.SGD([p[0] * 2], lr=0.1)),
+    ("sgd_parameter_in_two_groups", lambda o, p: o.SGD([{"params": p}, {"params": p[:1]}], lr=0.1)),
+    ("adam_negative_lr", lambda o, p: o.Adam(p, lr=-1)),
+    ("adam_nan_lr", lambda o, p: o.Adam(p, lr=float("nan"))),
+    ("adam_negative_eps", lambda o, p: o.Adam(p, eps=-1e-8)),
+    ("adam_beta0_above_one", lambda o, p: o.Adam(p, betas=(1.5, 0.9))),
+    ("adam_beta0_negative", lambda o, p: o.Adam(p, betas=(-0.1, 0.9))),
+    ("adam_beta1_one", lambda o, p: o.Adam(p, betas=(0.9, 1.0))),
+    ("adam_negative_weight_decay", lambda o, p: o.Adam(p, weight_decay=-0.1)),
+]
+
+
+def raised(make):
+    with pytest.raises(Exception) as info:
+        make()
+    return type(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("make_opt", [c[1] for c in BAD_ARGUMENTS], ids=[c[0] for c in BAD_ARGUMENTS])
+def test_bad_arguments_raise_what_torch_raises(make_opt):
+    expected = raised(lambda: make_opt(torch.optim, list(torch_model().parameters())))
+    assert raised(lambda: make_opt(optim, list(mt_model().parameters()))) == expected
+
+
+@pytest.mark.parametrize("make_opt", [lambda o, p: o.SGD(p, lr=0.1), lambda o, p: o.Adam(p)], ids=["sgd", "adam"])
+def test_a_single_tensor_is_not_a_parameter_list(make_opt):
+    t_type, t_message = raised(lambda: make_opt(torch.optim, next(torch_model().parameters())))
+    m_type, m_message = raised(lambda: make_opt(optim, next(mt_model().parameters())))
+    prefix = "params argument given to the optimizer should be an iterable of Tensors or dicts, but got "
+    assert t_type is m_type is TypeError and t_message.startswith(prefix)
+    assert m_message == prefix + "minitorch_cnn.nn.modules.Parameter"  # where torch names torch.FloatTensor
+
+
+def test_group_options_are_checked_and_merged_with_the_defaults():
+    params = list(mt_model().parameters())
+    # A group may set nesterov alone: the momentum it needs comes from the defaults.
+    opt = optim.SGD([{"params": params[:2], "nesterov": True}, {"params": params[2:]}], lr=0.1, momentum=0.9)
+    assert [g["nesterov"] for g in opt.param_groups] == [True, False]
+    assert opt.param_groups[0]["momentum"] == 0.9
+    with pytest.raises(ValueError, match="^Invalid learning rate: -0.1$"):
+        optim.SGD([{"params": params[:2], "lr": -0.1}, {"params": params[2:]}], lr=0.1)
+    opt.add_param_group({"params": [nn.Parameter(mt.zeros(3))], "lr": 0.5})
+    assert opt.param_groups[-1]["lr"] == 0.5 and opt.param_groups[-1]["momentum"] == 0.9
+    with pytest.raises(ValueError, match="more than one parameter group"):
+        opt.add_param_group({"params": params[:1]})

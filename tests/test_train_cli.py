@@ -236,9 +236,11 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path, m
         return loss * float("nan") if sum(calls) >= 11 and calls[-1] else loss
 
     monkeypatch.setitem(training.LOSSES, "cross_entropy", nan_from_step_11)
-    assert train_mod.main(args(data_dir, out, epochs=3)) == 3
+    assert train_mod.main(args(data_dir, out, epochs=3)) == 1
     err = capsys.readouterr().err
     assert "became nan at step 11" in err and "last good checkpoint" in err
+    # The advice is a command that works: a new run from the good weights, a smaller lr.
+    assert f"--init-from {out / 'checkpoint.npz'} --lr 0.01" in err and len(err.splitlines()) == 1
     ck = load_checkpoint(out / "checkpoint.npz")
     assert (ck.epoch, ck.batch, ck.step) == (1, 0, 8)
     assert all(np.isfinite(v).all() for v in ck.model_state.values())

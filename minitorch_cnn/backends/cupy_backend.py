@@ -6,7 +6,7 @@ The kernels are CUDA C sources, ``kernels/*.cu``, compiled once per process with
 ``cupy.RawModule`` (NVRTC; CuPy also caches the binaries on disk) and memoized. Each
 source exports one ``extern "C"`` entry point per dtype, ``<kernel>_float32`` and
 ``<kernel>_float64``; other dtypes, and arrays too large for the kernels' 32-bit
-indexing, take the generic path.
+indexing, take the reference body.
 
 Importing this module does not import CuPy: :func:`create` does, when the "cupy"
 backend is first asked for, and raises :class:`BackendUnavailable` with a one-line
@@ -54,7 +54,7 @@ THREADS_PER_BLOCK = 256
 MAX_BLOCKS = 2 ** 13
 # The kernels index with 32-bit integers (64-bit division costs several times more).
 INDEX_LIMIT = 2 ** 31
-# The max-pool routing is a uint8 window offset; larger windows take the generic path.
+# The max-pool routing is a uint8 window offset; larger windows take the reference body.
 MAX_POOL_WINDOW_LIMIT = 256
 
 # cudaError_t values (CUDA runtime API, driver_types.h); CuPy does not name them.

@@ -153,8 +153,10 @@ class HostBackend(Backend):
         """How to run a piece of work: True to split it across our threads; False to
         run it whole in our mode (BLAS on one thread, so that its threads stay
         asleep); None for a plain call, BLAS on its own threads."""
-        if self.threads == 1 or self._splitting:  # inside a split, BLAS is on one thread
+        if self._splitting:  # inside a split, BLAS is on one thread already
             return None
+        if self.threads == 1:  # one thread means BLAS's too, as in PyTorch
+            return False
         ours = self._ours_left > 0
         self._ours_left -= ours
         if large or (ours and splittable):

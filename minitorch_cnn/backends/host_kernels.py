@@ -1,13 +1,13 @@
 """The NumPy backend's C kernels (``kernels/*.c``): built once per machine with the
 system's C compiler into one library, cached, verified, and loaded with ctypes.
 
-They replace the generic NumPy bodies of max pooling and batch normalisation (forward
+They replace the reference NumPy bodies of max pooling and batch normalisation (forward
 and backward, alone or fused with the ReLU and max pool after it), of ReLU (forward
 and backward) and of col2im for float32 arrays, as the CUDA kernels do on the GPU, and
 make small convolutions without writing their columns; see the sources for why these.
 Where they cannot be built (no compiler, a read-only cache, a failed build) or are
 switched off (``MINITORCH_CNN_HOST_KERNELS=0``, see :func:`switched_off`), :func:`load`
-raises :class:`KernelsUnavailable` saying why, and the backend runs the generic bodies
+raises :class:`KernelsUnavailable` saying why, and the backend runs the reference bodies
 (after one warning), which give the same numbers (to rounding, for convolutions and
 batch normalisation).
 

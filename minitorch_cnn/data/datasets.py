@@ -1,15 +1,21 @@
 """MNIST, Fashion-MNIST and CIFAR-10 from their raw files: discovery, download, reading.
 
-Discovery order for ``load_dataset(name, split, root)``:
+Discovery for ``load_dataset(name, split, root)``. A ``root`` (the ``--data-dir``
+option) is authoritative: the split is read from the folder itself or ``root/<name>``,
+or (``download=True``) downloaded into ``root/<name>``, and nowhere else; a ``root`` that
+is not a readable folder, or lacks the split where nothing is downloaded, is a
+:class:`DataFolderError`. Without ``root``, the first of:
 
-1. ``root`` (the ``--data-dir`` option): the folder itself, then ``root/<name>``;
-2. ``$MINITORCH_DATA``: the folder itself, then ``$MINITORCH_DATA/<name>``;
-3. ``./data/<name>`` (relative to the current directory);
-4. the Debian dataset folder (``/usr/share/datasets/fashion-mnist`` for Fashion-MNIST,
+1. ``$MINITORCH_DATA``: the folder itself, then ``$MINITORCH_DATA/<name>``;
+2. ``./data/<name>`` (relative to the current directory);
+3. the Debian dataset folder (``/usr/share/datasets/fashion-mnist`` for Fashion-MNIST,
    from ``apt-get install dataset-fashion-mnist``);
-5. download from the dataset's mirrors into ``<base>/<name>`` of the first writable of
-   ``root``, ``$MINITORCH_DATA`` and ``./data`` (a per-dataset folder, because MNIST
-   and Fashion-MNIST use the same file names).
+4. download from the dataset's mirrors into ``<base>/<name>`` of the first writable of
+   ``$MINITORCH_DATA`` and ``./data`` (a per-dataset folder, because MNIST and
+   Fashion-MNIST use the same file names).
+
+:func:`dataset_files` names the files a split is read from (what a run records, with
+their SHA-256); :func:`read_dataset_files` reads them.
 
 NumPy and the standard library only.
 """
@@ -28,7 +34,8 @@ from .idx import read_idx
 
 __all__ = [
     "DATASETS", "CLASSES", "NORMALIZATION", "DEBIAN_DIRS", "DEBIAN_PACKAGES", "ENV_VAR",
-    "class_names", "load_dataset", "find_dataset", "search_locations",
+    "DataFolderError", "class_names", "load_dataset", "dataset_files", "read_dataset_files",
+    "find_dataset", "search_locations",
     "read_mnist_files", "read_cifar10_files", "extract_cifar10",
 ]
 
@@ -69,6 +76,11 @@ _CIFAR_FILES = {
     "test": ("test_batch.bin",),
 }
 _CIFAR_RECORD = 1 + 3 * 32 * 32
+
+
+class DataFolderError(DatasetNotFoundError):
+    """The data folder given as ``root`` (``--data-dir``) does not exist, cannot be
+    read, or lacks the split; raised instead of looking anywhere else."""
 
 
 def _check_name(name):
@@ -269,12 +281,10 @@ def search_locations(name, root=None):
     """The places searched for a dataset, in order: a list of ``(label, [folders])``
     (an empty list where the place is not given or not set)."""
     name = _check_name(name)
-    places = []
-    if root is not None:
+    if root is not None:  # authoritative: nowhere else is looked at
         root = os.path.expanduser(os.fspath(root))
-        places.append(("root / --data-dir", [root, os.path.join(root, name)]))
-    else:
-        places.append(("root / --data-dir", []))
+        return [("root / --data-dir", [root, os.path.join(root, name)])]
+    places = [("root / --data-dir", [])]
     env = os.environ.get(ENV_VAR)
     if env:
         env = os.path.expanduser(env)
@@ -288,9 +298,9 @@ def search_locations(name, root=None):
 
 
 def _download_dirs(name, root):
-    bases = []
     if root is not None:
-        bases.append(os.path.expanduser(os.fspath(root)))
+        return [os.path.join(os.path.expanduser(os.fspath(root)), name)]
+    bases = []
     env = os.environ.get(ENV_VAR)
     if env:
         bases.append(os.path.expanduser(env))
@@ -313,19 +323,24 @@ def find_dataset(name, split, root=None):
     or None."""
     name, split = _check_name(name), _check_split(split)
     hit = _locate(name, split, root)
-    if hit is None:
-        return None
+    return None if hit is None else _hit_paths(hit)
+
+
+def _hit_paths(hit):
     kind, paths = hit
     return (paths,) if kind == "archive" else tuple(paths)
 
 
-def _read_hit(name, split, hit):
-    kind, paths = hit
-    if kind == "idx":
+def read_dataset_files(name, split, paths):
+    """Read a split from the files :func:`dataset_files` named (the MNIST family: images
+    and labels; CIFAR-10: the batch files, or the archive alone)."""
+    name, split = _check_name(name), _check_split(split)
+    paths = [os.fspath(p) for p in paths]
+    if name != "cifar10":
         return read_mnist_files(*paths)
-    if kind == "cifar":
-        return read_cifar10_files(paths)
-    return _read_cifar_archive(paths, split)
+    if len(paths) == 1 and paths[0].endswith(CIFAR_ARCHIVE):
+        return _read_cifar_archive(paths[0], split)
+    return read_cifar10_files(paths)
 
 
 def _download_files(name, split):
@@ -362,18 +377,35 @@ def _not_found(name, split, root, download_note, failures=()):
     return "\n".join(lines)
 
 
-def load_dataset(name, split, root=None, download=True):
-    """Load a split of ``mnist``, ``fashion-mnist`` or ``cifar10`` as NumPy arrays.
+def _check_root(root, download):
+    """Refuse a ``root`` that cannot hold the data: one line naming the folder."""
+    if not os.path.exists(root):
+        if not download:
+            raise DataFolderError(f"data folder {root} does not exist")
+    elif not os.path.isdir(root):
+        raise DataFolderError(f"data folder {root} is not a folder")
+    elif not os.access(root, os.R_OK | os.X_OK):
+        raise DataFolderError(f"data folder {root} cannot be read (permission denied)")
 
-    Returns ``(images, labels)``: MNIST family images uint8 (N, 28, 28), CIFAR-10
-    images uint8 (N, 3, 32, 32), labels int64 (N,). The files are searched for in the
-    order of this module's docstring; with ``download=True`` (default) they are
-    downloaded when found nowhere. Raises :class:`DatasetNotFoundError` (a
-    ``RuntimeError``) listing every place searched and how to get the files."""
+
+def _missing_in_root(name, split, root):
+    what = "is empty" if not os.listdir(root) else f"holds no {TITLES[name]} {split!r} split"
+    return (f"data folder {root} {what}: it needs {_files_needed(name, split)} in it "
+            f"or in {os.path.join(root, name)}")
+
+
+def dataset_files(name, split, root=None, download=True):
+    """The files ``load_dataset(name, split, root, download)`` reads, as a tuple of paths
+    (found, or downloaded first); the same errors as :func:`load_dataset`."""
     name, split = _check_name(name), _check_split(split)
+    if root is not None:
+        root = os.path.expanduser(os.fspath(root))
+        _check_root(root, download)
     hit = _locate(name, split, root)
     if hit is not None:
-        return _read_hit(name, split, hit)
+        return _hit_paths(hit)
+    if root is not None and not download:
+        raise DataFolderError(_missing_in_root(name, split, root))
     if not download:
         raise DatasetNotFoundError(_not_found(name, split, root, "skipped (download=False)"))
     unwritable = []
@@ -390,6 +422,18 @@ def load_dataset(name, split, root=None, download=True):
         if hit is None:  # the download worked but left nothing usable: say so
             raise DatasetNotFoundError(_not_found(
                 name, split, root, f"into {dest} gave no usable files"))
-        return _read_hit(name, split, hit)
+        return _hit_paths(hit)
     raise DatasetNotFoundError(_not_found(
         name, split, root, "no writable folder among " + ", ".join(unwritable)))
+
+
+def load_dataset(name, split, root=None, download=True):
+    """Load a split of ``mnist``, ``fashion-mnist`` or ``cifar10`` as NumPy arrays.
+
+    Returns ``(images, labels)``: MNIST family images uint8 (N, 28, 28), CIFAR-10
+    images uint8 (N, 3, 32, 32), labels int64 (N,). The files are searched for in the
+    order of this module's docstring (only in ``root`` when it is given); with
+    ``download=True`` (default) they are downloaded when found nowhere. Raises
+    :class:`DataFolderError` for an unusable ``root`` and :class:`DatasetNotFoundError`
+    (a ``RuntimeError``) listing every place searched and how to get the files."""
+    return read_dataset_files(name, split, dataset_files(name, split, root, download))

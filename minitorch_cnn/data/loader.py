@@ -6,6 +6,8 @@ caller, so the whole dataset can live on the GPU.
 
 import numpy as np
 
+from .shard import BatchShard, set_batch_shard, shard_bounds
+
 __all__ = ["DataLoader", "validation_split"]
 
 
@@ -34,10 +36,17 @@ class DataLoader:
     gather per batch. The epoch is set with :meth:`set_epoch` (as with PyTorch's
     ``DistributedSampler``: call it at the start of every epoch, or pass ``epoch=`` to
     :meth:`batches`); the same seed and epoch always give the same order.
+
+    For data-parallel training, ``num_replicas`` processes each pass their own ``rank``:
+    ``batch_size`` stays the global batch, and each process gets its contiguous share
+    of every global batch (``shard.shard_bounds``; sizes differ by at most one),
+    so all processes together see exactly the batches of one unsharded loader. While a
+    batch is out, its share is published (``distributed.current_batch_shard``) for
+    dropout and the gradient all-reduce.
     """
 
     def __init__(self, images, labels, batch_size=64, shuffle=False, drop_last=False,
-                 seed=0, mean=None, std=None, xp=None):
+                 seed=0, mean=None, std=None, xp=None, num_replicas=None, rank=None):
         xp = np if xp is None else xp
         batch_size = int(batch_size)
         if batch_size < 1:
@@ -73,6 +82,7 @@ class DataLoader:
         self.drop_last = bool(drop_last)
         self.seed = int(seed)
         self.epoch = 0
+        self.num_replicas, self.rank = _check_replicas(num_replicas, rank, n, batch_size, self.drop_last)
 
     def __len__(self):
         if self.drop_last:
@@ -110,21 +120,49 @@ class DataLoader:
             order = self.permutation(epoch)
             if self.xp is not np:
                 order = self.xp.asarray(order)  # one transfer per epoch
-        for b in range(start, len(self)):
-            lo, hi = b * bs, min(n, (b + 1) * bs)
-            if order is None:
-                yield x[lo:hi], y[lo:hi]
-            else:
-                idx = order[lo:hi]
-                yield x.take(idx, axis=0), y.take(idx, axis=0)
+        try:
+            for b in range(start, len(self)):
+                lo, hi = b * bs, min(n, (b + 1) * bs)
+                if self.num_replicas is not None:
+                    first, last = shard_bounds(hi - lo, self.num_replicas, self.rank)
+                    set_batch_shard(BatchShard(first, last, hi - lo))
+                    lo, hi = lo + first, lo + last
+                if order is None:
+                    yield x[lo:hi], y[lo:hi]
+                else:
+                    idx = order[lo:hi]
+                    yield x.take(idx, axis=0), y.take(idx, axis=0)
+        finally:
+            if self.num_replicas is not None:
+                set_batch_shard(None)
 
     def __iter__(self):
         return self.batches()
 
     def __repr__(self):
+        sharding = f", num_replicas={self.num_replicas}, rank={self.rank}" if self.num_replicas else ""
         return (f"DataLoader(dataset_size={self.dataset_size}, batch_size={self.batch_size}, "
                 f"shuffle={self.shuffle}, drop_last={self.drop_last}, seed={self.seed}, "
-                f"epoch={self.epoch}, shape={tuple(self.images.shape)})")
+                f"epoch={self.epoch}, shape={tuple(self.images.shape)}{sharding})")
+
+
+def _check_replicas(num_replicas, rank, n, batch_size, drop_last):
+    """``(num_replicas, rank)`` checked: both None (no sharding) or a rank among that
+    many processes, each of which gets at least one row of every global batch."""
+    if num_replicas is None and rank is None:
+        return None, None
+    if num_replicas is None or rank is None:
+        raise ValueError("DataLoader: give both num_replicas and rank, or neither")
+    num_replicas, rank = int(num_replicas), int(rank)
+    if num_replicas < 1 or not 0 <= rank < num_replicas:
+        raise ValueError(f"DataLoader: rank must be within 0..num_replicas-1, got rank={rank} "
+                         f"of num_replicas={num_replicas}")
+    smallest = min(batch_size, n) if drop_last or n % batch_size == 0 else n % batch_size
+    if smallest < num_replicas:
+        raise ValueError(f"DataLoader: a global batch of {smallest} rows cannot give each of "
+                         f"num_replicas={num_replicas} processes a row; use drop_last=True or "
+                         "another batch_size")
+    return num_replicas, rank
 
 
 def validation_split(images, labels, size=5000):

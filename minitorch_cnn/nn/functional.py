@@ -7,6 +7,7 @@ and return NCHW-shaped *views* of that memory, so a chain of them never transpos
 """
 from .. import backends
 from ..autograd import Function
+from ..data.shard import current_batch_shard
 from ..tensor import Tensor
 
 
@@ -197,12 +198,21 @@ def _dropout(input, p, training, mask_shape):
         raise ValueError(f"dropout probability has to be between 0 and 1, got {p}")
     if not training or p == 0:
         return input
-    be = input.backend
-    keep = be.random(mask_shape, input.dtype) >= p
+    keep = _batch_random(input.backend, mask_shape, input.dtype) >= p
     # Inverted dropout: survivors are scaled by 1/(1-p) so eval needs no rescaling; the
     # scale in the input's dtype keeps the mask there (a Python float would make it float64).
     mask = keep * input.dtype.type(1.0 / (1.0 - p) if p < 1 else 0.0)
     return Mask.apply(input, mask=mask)
+
+
+def _batch_random(be, shape, dtype):
+    """Uniform samples for a batch's mask. When this process computes a share of a
+    larger global batch (data-parallel training), they are that share's rows of the draw
+    for the whole global batch, so the masks do not depend on the number of processes."""
+    shard = current_batch_shard()
+    if shard is None or shard.size != shape[0]:
+        return be.random(shape, dtype)
+    return be.random((shard.total,) + tuple(shape[1:]), dtype)[shard.start:shard.stop]
 
 
 def dropout(input, p=0.5, training=True):
