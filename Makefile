@@ -7,7 +7,7 @@ TRAIN_ARGS ?=
 # Fashion-MNIST ships as a Debian package; install it where apt and root allow.
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup setup-runtime data train test bench bench-report clean
+.PHONY: setup setup-runtime data train test bench bench-report clean gpu-data gpu-check
 
 $(VENV)/.runtime: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,22 @@ bench: setup
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) -m pytest benchmarks --benchmark-only \
 		$(BENCH_ARGS) --benchmark-json=.benchmarks/latest.json
 	$(PY) -m benchmarks.report .benchmarks/latest.json --out .benchmarks
+
+# The one-shot device check of the CuPy backend (benchmarks/gpu_check.py), on a GPU
+# machine with its own python3 (CuPy, PyTorch CUDA, pytest): it installs nothing. Its data
+# travels in the working tree: `make gpu-data` first, where Fashion-MNIST is installed.
+# GPU_CHECK_STANDIN=1 runs it here on the CuPy stand-in (CPU) with the venv's python.
+GPU_DATA := data/fashion-mnist
+GPU_CHECK_STANDIN ?=
+GPU_CHECK_ARGS ?=
+GPU_CHECK_PYTHON ?= $(if $(GPU_CHECK_STANDIN),$(PY),python3)
+
+gpu-data:
+	mkdir -p $(GPU_DATA)
+	cp -u $(FASHION_DIR)/*.gz $(GPU_DATA)/
+
+gpu-check:
+	PYTHONPATH=$(CURDIR) $(GPU_CHECK_PYTHON) -m benchmarks.gpu_check $(if $(GPU_CHECK_STANDIN),--standin) $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

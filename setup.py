@@ -17,8 +17,10 @@ setup(
     extras_require={
         "test": ["pytest", "threadpoolctl"],
         "reference": ["torch==2.14.1", "torchvision==0.29.1"],
-        "cuda12": ["cupy-cuda12x"],
-        "cuda13": ["cupy-cuda13x"],
+        # CuPy with its CUDA toolkit wheels (NVRTC, cuBLAS, cuRAND): the NVIDIA driver is
+        # then all a machine needs (`pip install --dry-run` resolves both on CuPy 14.2).
+        "cuda12": ["cupy-cuda12x[ctk]"],
+        "cuda13": ["cupy-cuda13x[ctk]"],
         "bench": ["pytest-benchmark", "threadpoolctl"],
         # Data-parallel training (minitorch_cnn.distributed): `mpi` where the machine has
         # an MPI (a cluster's, under srun or mpiexec); `mpi-local` adds Open MPI's PyPI

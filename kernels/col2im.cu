@@ -6,8 +6,8 @@
 // One thread per input element (c, y, x, n) sums every column entry that im2col copied
 // from it. In the padded image that pixel sits at (yp, xp) = (y + ph, x + pw), and
 // window (oh, ow) covers it when oh*sh <= yp < oh*sh + kh (likewise for columns), so
-// the outputs that read it form the ranges [oh_lo, oh_hi] x [ow_lo, ow_hi], each with
-// kernel offset (i, j) = (yp - oh*sh, xp - ow*sw). n is the fastest-varying index, so
+// the outputs that read it are the oh from oh_hi = min(yp / sh, OH - 1) down while the
+// kernel offset i = yp - oh*sh < kh (likewise ow, j = xp - ow*sw). n is the fastest-varying index, so
 // neighbouring threads touch neighbouring addresses on both sides.
 //
 // The terms are added in ascending (i, j), the order of the generic path in base.py
@@ -31,15 +31,13 @@ __device__ void col2im_chwn(const T* __restrict__ cols, T* __restrict__ dx,
         const int c = rest / H;
         const int yp = y + ph;
         const int xp = xx + pw;
-        const int oh_lo = yp < kh ? 0 : (yp - kh) / sh + 1;
-        const int ow_lo = xp < kw ? 0 : (xp - kw) / sw + 1;
+        // from the last window that starts at or before it, back while it stays inside:
+        // one division per axis, no lower bound computed
         const int oh_hi = yp / sh < OH - 1 ? yp / sh : OH - 1;
         const int ow_hi = xp / sw < OW - 1 ? xp / sw : OW - 1;
         T sum = T(0);
-        for (int oh = oh_hi; oh >= oh_lo; --oh) {      // i = yp - oh*sh ascends
-            const int i = yp - oh * sh;
-            for (int ow = ow_hi; ow >= ow_lo; --ow) {  // j = xp - ow*sw ascends
-                const int j = xp - ow * sw;
+        for (int oh = oh_hi, i = yp - oh_hi * sh; oh >= 0 && i < kh; --oh, i += sh) {      // i ascends
+            for (int ow = ow_hi, j = xp - ow_hi * sw; ow >= 0 && j < kw; --ow, j += sw) {  // j ascends
                 sum += cols[((((c * kh + i) * kw + j) * OH + oh) * OW + ow) * N + n];
             }
         }

@@ -70,15 +70,13 @@ __device__ void max_pool_backward_chwn(const T* __restrict__ dout,
         const int yp = y + ph;   // this pixel in the padded image
         const int xp = xx + pw;
         // the windows (oh, ow) that contain it; see col2im.cu
-        const int oh_lo = yp < kh ? 0 : (yp - kh) / sh + 1;
-        const int ow_lo = xp < kw ? 0 : (xp - kw) / sw + 1;
+        // from the last window that starts at or before it, back while it stays inside:
+        // one division per axis, no lower bound computed
         const int oh_hi = yp / sh < OH - 1 ? yp / sh : OH - 1;
         const int ow_hi = xp / sw < OW - 1 ? xp / sw : OW - 1;
         T sum = T(0);
-        for (int oh = oh_hi; oh >= oh_lo; --oh) {      // window offset i ascends
-            const int i = yp - oh * sh;
-            for (int ow = ow_hi; ow >= ow_lo; --ow) {  // and j within it
-                const int j = xp - ow * sw;
+        for (int oh = oh_hi, i = yp - oh_hi * sh; oh >= 0 && i < kh; --oh, i += sh) {      // i ascends
+            for (int ow = ow_hi, j = xp - ow_hi * sw; ow >= 0 && j < kw; --ow, j += sw) {  // and j
                 const int o = ((c * OH + oh) * OW + ow) * N + n;
                 if (arg[o] == i * kw + j)
                     sum += dout[o];

@@ -3,6 +3,7 @@ import math
 
 import numpy as np
 
+from . import backends
 from .tensor import Tensor
 
 
@@ -142,6 +143,9 @@ class SGD(Optimizer):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
 
     def update(self, param, grad, state, group):
+        fused = getattr(backends.backend_of(param), "sgd_step", None)  # one GPU kernel
+        if fused is not None and fused(param, grad, state, group):
+            return
         d_p = grad + group["weight_decay"] * param if group["weight_decay"] else grad
         momentum = group["momentum"]
         if momentum:
@@ -169,6 +173,9 @@ class Adam(Optimizer):
                 raise ValueError(f"Invalid beta parameter at index {index}: {beta}")
 
     def update(self, param, grad, state, group):
+        fused = getattr(backends.backend_of(param), "adam_step", None)  # one GPU kernel
+        if fused is not None and fused(param, grad, state, group):
+            return
         beta1, beta2 = group["betas"]
         if group["weight_decay"]:
             grad = grad + group["weight_decay"] * param

@@ -617,11 +617,11 @@ class Extreme(Function):
         mask = self.a == self.out
         if self.dim is None:
             # PyTorch's max() of everything spreads the gradient evenly over ties.
-            return mask * (g / mask.sum())
+            return mask * (g / mask.sum(dtype=g.dtype))  # not an int64 sum: g would go float64
         if not self.keepdim:
             g = xp.expand_dims(g, self.dim)
         # max(dim) routes to the index argmax picks: the first extreme.
-        first = xp.cumsum(mask, axis=self.dim) == 1
+        first = xp.cumsum(mask, axis=self.dim, dtype=np.int32) == 1  # not int64: half the memory
         return g * (mask & first)
 
 

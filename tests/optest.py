@@ -13,16 +13,21 @@ random weights ``W``.  A new op therefore costs one line of test::
 differences (float64), without PyTorch.
 
 Backend: the engine backend the tests run on comes from the environment variable
-``MT_TEST_BACKEND``: ``numpy``, ``numpy-threads``, ``cupy``, a comma list, or ``all``;
-by default ``numpy,numpy-threads``. ``numpy-threads`` is the NumPy backend on two
-threads with every piece of work split between them, however small (see
-:func:`split_everything`): the split kernels and products then run on the tests' small
-arrays, which the backend would otherwise compute whole. Each name becomes a pytest
-parameter of the autouse fixture :func:`mt_backend`, which test modules import
-(``from optest import mt_backend``).  A cupy case skips with "CuPy/GPU not available:
-<reason>" when the engine raises ``mt.BackendUnavailable``.
+``MT_TEST_BACKEND``: ``numpy``, ``numpy-threads``, ``cupy-standin``, ``cupy``, a comma
+list, or ``all``; by default ``numpy,numpy-threads,cupy-standin``. ``numpy-threads`` is
+the NumPy backend on two threads with every piece of work split between them, however
+small (see :func:`split_everything`): the split kernels and products then run on the
+tests' small arrays, which the backend would otherwise compute whole. ``cupy-standin`` is
+the engine's CuPy backend over ``fake_cupy.py``, a NumPy-backed stand-in for CuPy, so
+that the CuPy backend's logic runs in CI without a GPU; while it is requested and no real
+CuPy backend can run here, :func:`skip_without_cupy` installs it as "cupy" in the other
+cases too (tests that move tensors between backends). Each name becomes a pytest parameter of the autouse
+fixture :func:`mt_backend`, which test modules import (``from optest import
+mt_backend``). A cupy case skips with "CuPy/GPU not available: <reason>" when the engine
+raises ``mt.BackendUnavailable``: it needs a real device.
 """
 import contextlib
+import functools
 import os
 
 import numpy as np
@@ -34,8 +39,10 @@ import minitorch_cnn as mt
 ENV_VAR = "MT_TEST_BACKEND"
 
 
-ALL_BACKENDS = ("numpy", "numpy-threads", "cupy")
-DEFAULT_BACKENDS = "numpy,numpy-threads"
+ALL_BACKENDS = ("numpy", "numpy-threads", "cupy-standin", "cupy")
+DEFAULT_BACKENDS = "numpy,numpy-threads,cupy-standin"
+# the engine backend each test backend runs on
+ENGINE_BACKEND = {"numpy-threads": "numpy", "cupy-standin": "cupy"}
 
 
 def requested_backends():
@@ -72,8 +79,19 @@ def split_everything(threads=2):
 BACKENDS = requested_backends()
 
 
+# the ExitStack of the running test's backend (see backend_for_test)
+_TEST_STACK = []
+
+
 def skip_without_cupy():
-    """Skip the test, with the reason, unless the CuPy backend can run here."""
+    """Skip the test, with the reason, unless a CuPy backend can run here: the real one,
+    else the stand-in when ``cupy-standin`` is requested (installed until the test ends)."""
+    if not real_cupy_runs() and "cupy-standin" in BACKENDS and _TEST_STACK:
+        import fake_cupy
+
+        if "cupy" not in mt.backends._BACKENDS:
+            _TEST_STACK[-1].enter_context(fake_cupy.installed())
+        return
     try:
         mt.backends.get_backend_by_name("cupy")
     except mt.BackendUnavailable as exc:
@@ -88,18 +106,35 @@ def activate_backend(name):
         pytest.skip(f"CuPy/GPU not available: {exc}")
 
 
+@functools.lru_cache(maxsize=None)
+def real_cupy_runs():
+    """Whether the real CuPy backend can run here (asked once per session, by the first
+    test's backend_for_test, before any stand-in is installed)."""
+    try:
+        mt.backends.get_backend_by_name("cupy")
+    except mt.BackendUnavailable:
+        return False
+    return True
+
+
 def backend_for_test(name):
     """Fixture body: ``name`` active during the test, the previous backend restored after."""
     previous = mt.get_backend().name
-    activate_backend("numpy" if name == "numpy-threads" else name)
-    try:
-        if name == "numpy-threads":
-            with split_everything():
-                yield name
-        else:
+    real_cupy_runs()
+    with contextlib.ExitStack() as stack:
+        if name == "cupy-standin":
+            import fake_cupy
+
+            stack.enter_context(fake_cupy.installed())
+        activate_backend(ENGINE_BACKEND.get(name, name))
+        _TEST_STACK.append(stack)
+        try:
+            if name == "numpy-threads":
+                stack.enter_context(split_everything())
             yield name
-    finally:
-        mt.use_backend(previous)
+        finally:
+            _TEST_STACK.pop()
+            mt.use_backend(previous)
 
 
 @pytest.fixture(params=BACKENDS, autouse=True)

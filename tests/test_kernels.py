@@ -2,20 +2,21 @@
 
 1. Compilation: every source compiles with ``nvcc -ptx`` (warnings are errors) and
    exports exactly the entry points the CuPy backend looks up. Skips without nvcc.
-2. On the CPU, without a GPU: the same sources, compiled as C++ by g++ with a few
-   lines standing in for the CUDA built-ins (one block of one thread, so each
-   kernel's grid-stride loop visits every element), run behind the CuPy backend's own
-   kernel methods on NumPy arrays. This checks the kernels' index arithmetic and the
-   backend's argument marshalling against the generic NumPy path. Skips without g++.
+2. On the CPU, without a GPU: the CuPy backend over the CuPy stand-in (``fake_cupy.py``),
+   whose ``RawModule`` compiles the same sources as C++ with g++ and a few lines standing
+   in for the CUDA built-ins (``cuda_host.py``: one block of one thread, so each
+   kernel's grid-stride loop visits every element). This checks the kernels' index
+   arithmetic and the backend's argument marshalling against the generic path.
 3. On a GPU: the same tests through CuPy, each kernel against the plain-CuPy generic
-   path it replaces (``Backend.im2col(backend, ...)`` and so on). Skips without CuPy
-   or a CUDA device, with the reason.
+   path it replaces (``Backend.im2col(backend, ...)`` and so on). These cases are
+   collected where CuPy is installed, and skip there without a CUDA device, with the
+   reason.
 
 Every comparison is exact: the kernels copy, compare, and add in the generic path's
 order (see the comments in the sources). The max-pool argmax, which the generic path
 does not keep, is checked against the first maximum found in the generic window view.
 """
-import ctypes
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -24,9 +25,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import minitorch_cnn as mt
+import minitorch_cnn.optim as optim
 from minitorch_cnn import backends
 from minitorch_cnn.backends import cupy_backend
 from minitorch_cnn.backends.reference import Backend, BackendUnavailable, Window
+
+import fake_cupy
 
 KERNEL_DIR = Path(__file__).resolve().parents[1] / "kernels"
 SOURCES = sorted(KERNEL_DIR.glob("*.cu"))
@@ -56,68 +61,18 @@ def test_kernel_source_compiles_with_nvcc(source, tmp_path):
     assert entries == expected
 
 
-# ------------------------------------------------------- 2. the kernels on the CPU (g++)
-# Host stand-ins for the CUDA keywords and built-in variables the kernels use.
-HOST_SHIM = """\
-#define __global__
-#define __device__
-struct mt_dim3 { unsigned x, y, z; };
-static const mt_dim3 threadIdx = {0, 0, 0}, blockIdx = {0, 0, 0};
-static const mt_dim3 blockDim = {1, 1, 1}, gridDim = {1, 1, 1};
-"""
-
-
-def _c_argument(value):
-    if isinstance(value, np.ndarray):
-        return ctypes.c_void_p(value.ctypes.data)
-    return np.ctypeslib.as_ctypes_type(value.dtype)(value.item())
-
-
-class HostKernels(cupy_backend.CupyBackend):
-    """The CuPy backend's kernel methods on NumPy arrays; each launch runs the kernel's
-    source, compiled for the CPU, as a single thread."""
-
-    def __init__(self, library):
-        super().__init__(np)
-        self.library = library
-        self.launches = []
-
-    # NumPy arrays: the generic host-side methods, not CuPy's
-    to_numpy = Backend.to_numpy
-    seed = Backend.seed
-
-    def launch(self, kernel, dtype, total, args):
-        self.launches.append(kernel)
-        function = getattr(self.library, cupy_backend.entry_point(kernel, dtype))
-        c_args = [_c_argument(a) for a in args]
-        function.argtypes = [type(a) for a in c_args]
-        function.restype = None
-        function(*c_args)
-
-
-@pytest.fixture(scope="module")
-def host_library(tmp_path_factory):
-    compiler = shutil.which("g++")
-    if compiler is None:
-        pytest.skip("no C++ compiler (g++) to run the CUDA kernels on the CPU")
-    folder = tmp_path_factory.mktemp("host_kernels")
-    shim, library = folder / "cuda_host_shim.h", folder / "kernels.so"
-    shim.write_text(HOST_SHIM)
-    run = subprocess.run([compiler, "-O1", "-shared", "-fPIC", "-x", "c++", "-include", str(shim),
-                          "-o", str(library), *map(str, SOURCES)],
-                         capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, f"g++ failed on the kernel sources:\n{run.stderr}"
-    return ctypes.CDLL(str(library))
-
-
-# ------------------------------------------------------- 3. the kernels on a GPU (CuPy)
-@pytest.fixture(params=["host", "cuda"])
+# --------------------------------------------- 2. and 3. the kernels on the CPU, on a GPU
+@pytest.fixture(params=["cupy-standin"] + (["cupy"] if importlib.util.find_spec("cupy") else []))
 def kernels(request):
     """A backend whose image ops run the CUDA kernels: on the CPU, or on a GPU."""
-    if request.param == "host":
-        return HostKernels(request.getfixturevalue("host_library"))
+    if request.param == "cupy-standin":
+        if shutil.which("g++") is None:
+            pytest.skip("no C++ compiler (g++) to run the CUDA kernels on the CPU")
+        with fake_cupy.installed() as be:
+            yield be
+        return
     try:
-        return backends.get_backend_by_name("cupy")
+        yield backends.get_backend_by_name("cupy")
     except BackendUnavailable as exc:
         pytest.skip(f"no CUDA GPU/CuPy: {exc}")
 
@@ -237,29 +192,38 @@ def test_kernels_cover_more_elements_than_one_grid(kernels):
 
 
 # ------------------------------------------------------------ what the kernels don't take
-def test_other_dtypes_and_large_pool_windows_take_the_reference_path(host_library):
-    be = HostKernels(host_library)
-    rng = np.random.default_rng(3)
-    half = rng.standard_normal((2, 6, 6, 3)).astype(np.float16)
-    conv, tiles = Window(3, 3, 1, 1, 1, 1), Window(2, 2, 2, 2, 0, 0)
-    _assert_same(be.im2col(half, conv), Backend.im2col(be, half, conv), be)
-    out, arg = be.max_pool(half, tiles)
-    _assert_same(out, Backend.max_pool(be, half, tiles)[0], be)
-    dout = np.ones_like(out)
-    _assert_same(be.max_pool_backward(dout, arg, half.shape, tiles),
-                 Backend.max_pool_backward(be, dout, arg, half.shape, tiles), be)
-    assert be.launches == []
-    # a 17x17 window has offsets up to 288, more than a uint8 argmax holds
-    x = rng.standard_normal((1, 17, 17, 2)).astype(np.float32)
-    large = Window(17, 17, 1, 1, 0, 0)
-    out, arg = be.max_pool(x, large)
-    assert arg.dtype == np.int64
-    _assert_same(be.max_pool_backward(np.ones_like(out), arg, x.shape, large),
-                 Backend.max_pool_backward(be, np.ones_like(out), arg, x.shape, large), be)
-    assert be.launches == ["col2im", "col2im"]  # the reference pool's backward is a col2im
-    be.launches.clear()
-    be.max_pool(x, Window(16, 16, 1, 1, 0, 0))  # offsets up to 255: the kernel's
-    assert be.launches == ["max_pool"]
+def kernel_launches():
+    """The raw kernels the stand-in ran since its counters were reset, by kernel name."""
+    return [name.split()[1].rsplit("_", 1)[0] for name in fake_cupy.counters.launches.elements()
+            if name.startswith("kernel ")]
+
+
+def test_other_dtypes_and_large_pool_windows_take_the_reference_path():
+    with fake_cupy.installed() as be:
+        rng = np.random.default_rng(3)
+        half = be.asarray(rng.standard_normal((2, 6, 6, 3)).astype(np.float16))
+        conv, tiles = Window(3, 3, 1, 1, 1, 1), Window(2, 2, 2, 2, 0, 0)
+        fake_cupy.counters.reset()
+        _assert_same(be.im2col(half, conv), Backend.im2col(be, half, conv), be)
+        out, arg = be.max_pool(half, tiles)
+        _assert_same(out, Backend.max_pool(be, half, tiles)[0], be)
+        dout = be.xp.ones_like(out)
+        _assert_same(be.max_pool_backward(dout, arg, half.shape, tiles),
+                     Backend.max_pool_backward(be, dout, arg, half.shape, tiles), be)
+        assert kernel_launches() == []
+        # a 17x17 window has offsets up to 288, more than a uint8 argmax holds
+        x = be.asarray(rng.standard_normal((1, 17, 17, 2)).astype(np.float32))
+        large = Window(17, 17, 1, 1, 0, 0)
+        out, arg = be.max_pool(x, large)
+        assert arg.dtype == np.int64
+        ones = be.xp.ones_like(out)
+        fake_cupy.counters.reset()
+        _assert_same(be.max_pool_backward(ones, arg, x.shape, large),
+                     Backend.max_pool_backward(be, ones, arg, x.shape, large), be)
+        assert kernel_launches() == ["col2im", "col2im"]  # the reference pool's backward is a col2im
+        fake_cupy.counters.reset()
+        be.max_pool(x, Window(16, 16, 1, 1, 0, 0))  # offsets up to 255: the kernel's
+        assert kernel_launches() == ["max_pool"]
 
 
 def test_has_kernel_limits():
@@ -275,3 +239,100 @@ def test_has_kernel_limits():
 def test_launch_blocks(total, blocks):
     assert cupy_backend.THREADS_PER_BLOCK == 256
     assert cupy_backend.launch_blocks(total) == blocks
+
+
+# ------------------------------------------------- optimizer steps (kernels/optim.cu)
+OPTIMIZER_CASES = [
+    ("SGD", dict(lr=0.1)),
+    ("SGD", dict(lr=0.1, momentum=0.9)),
+    ("SGD", dict(lr=0.05, momentum=0.9, dampening=0.3, weight_decay=0.01)),
+    ("SGD", dict(lr=0.05, momentum=0.8, nesterov=True, weight_decay=0.02)),
+    ("Adam", dict(lr=0.01)),
+    ("Adam", dict(lr=0.003, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("name, hyper", OPTIMIZER_CASES, ids=lambda c: str(c))
+def test_optimizer_step_kernels_match_optim_py(kernels, name, hyper, dtype):
+    """Three steps of each optimizer, one kernel per parameter and step, against
+    optim.py's own body on NumPy; the second parameter's gradient is a transposed view."""
+    rng = np.random.default_rng(len(hyper))
+    start = [rng.standard_normal((5, 7)).astype(dtype), rng.standard_normal((3, 4)).astype(dtype)]
+    grads = [[rng.standard_normal(p.shape).astype(dtype) for p in start] for _ in range(3)]
+    finals = {}
+    for backend_name in ("numpy", "cupy"):
+        with mt.backend(backend_name):
+            params = [mt.tensor(p, dtype=dtype, requires_grad=True) for p in start]
+            opt = getattr(optim, name)(params, **hyper)
+            for step_grads in grads:
+                params[0].grad = mt.tensor(step_grads[0], dtype=dtype)
+                params[1].grad = mt.tensor(np.ascontiguousarray(step_grads[1].T), dtype=dtype).T
+                if backend_name == "cupy" and kernels.xp is fake_cupy.backend().xp:
+                    fake_cupy.counters.reset()
+                    opt.step()
+                    assert kernel_launches() == [f"{name.lower()}_step"] * 2
+                else:
+                    opt.step()
+            finals[backend_name] = [p.numpy() for p in params]
+    tol = 1e-6 if dtype == np.float32 else 1e-14  # a GPU may fuse a multiply-add
+    for got, want in zip(finals["cupy"], finals["numpy"]):
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
+# ---------------------------------------------- batch normalisation (kernels/batch_norm.cu)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("channels, count", [(1, 1), (3, 50), (4, 777)])
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
+@pytest.mark.parametrize("relu", [False, True], ids=["", "relu"])
+def test_batch_norm_kernels_match_the_reference_bodies(kernels, channels, count, affine, relu, dtype):
+    rng = np.random.default_rng([channels, count, affine, relu])
+    rows = kernels.asarray((rng.standard_normal((channels, count)) * 3 + 1).astype(dtype))
+    weight = kernels.asarray(rng.uniform(0.5, 2, channels).astype(dtype)) if affine else None
+    shift = kernels.asarray(rng.standard_normal(channels).astype(dtype))
+    tol = dict(rtol=2e-5, atol=2e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+
+    def same(got, want):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_allclose(kernels.to_numpy(got), kernels.to_numpy(want), **tol)
+
+    if kernels.xp is fake_cupy.backend().xp:
+        fake_cupy.counters.reset()
+    forward = kernels.batch_norm(rows, weight, shift, 1e-5, relu=relu)
+    if kernels.xp is fake_cupy.backend().xp:
+        assert fake_cupy.counters.launches == {"kernel batch_norm_" + np.dtype(dtype).name: 1}
+    want = Backend.batch_norm(kernels, rows, weight, shift, 1e-5, relu=relu)
+    for got, expected in zip(forward, want):
+        same(got, expected)
+
+    out, mean, _, inv_std = forward
+    g = kernels.asarray(rng.standard_normal((channels, count)).astype(dtype))
+    relu_out = out if relu else None
+    for use_batch, with_rows in ((True, True), (False, True), (False, False)):
+        args = (g, rows if with_rows else None, mean if with_rows else None, inv_std, weight, use_batch, relu_out)
+        got, expected = kernels.batch_norm_backward(*args), Backend.batch_norm_backward(kernels, *args)
+        for a, b in zip(got, expected):
+            assert (a is None) == (b is None)
+            if a is not None:
+                same(a, b)
+
+
+# ----------------------------------------------------------- ReLU's backward (kernels/relu.cu)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("layout", ["contiguous", "nchw-view-of-chwn", "mixed"])
+def test_relu_backward_kernel_matches_the_reference_body(kernels, layout, dtype):
+    rng = np.random.default_rng(5)
+    y, g = (rng.standard_normal((3, 5, 4, 6)).astype(dtype) for _ in range(2))
+    y[0, 0, 0, :3] = [0, np.nan, -0.0]
+    g[0, 0, 1, :2] = [np.inf, np.nan]
+    y, g = kernels.asarray(y), kernels.asarray(g)
+    if layout != "contiguous":  # (N, C, H, W) views of (C, H, W, N) memory, as the engine's
+        y = kernels.xp.ascontiguousarray(y.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)
+        if layout == "nchw-view-of-chwn":
+            g = kernels.xp.ascontiguousarray(g.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)
+    if kernels.xp is fake_cupy.backend().xp:
+        fake_cupy.counters.reset()
+    got = kernels.relu_backward(g, y)
+    if kernels.xp is fake_cupy.backend().xp:  # the kernel where the layouts agree
+        assert kernel_launches() == ([] if layout == "mixed" else ["relu_backward"])
+    _assert_same(got, Backend.relu_backward(kernels, g, y), kernels)

@@ -449,9 +449,9 @@ def test_module_to_numpy():
 def test_module_to_cupy_and_back():
     skip_without_cupy()
     mt.manual_seed(1)
-    net = build_net(nn).eval()
     xn = rand(*NET_INPUT, seed=91)
-    with mt.backend("numpy"):
+    with mt.backend("numpy"):  # whatever backend the case made active: the net starts on NumPy
+        net = build_net(nn).eval()
         ref = to_numpy(net(mt.tensor(xn)))
     net.to("cupy")
     with mt.backend("cupy"):

@@ -345,7 +345,9 @@ def test_backend_unavailable_is_runtime_error():
 
 
 @pytest.mark.skipif(HAVE_CUPY, reason="cupy is importable here: this case needs it missing")
-def test_use_backend_cupy_without_cupy_raises_backend_unavailable():
+def test_use_backend_cupy_without_cupy_raises_backend_unavailable(monkeypatch):
+    monkeypatch.delitem(mt.backends._BACKENDS, "cupy", raising=False)  # the stand-in's case
+    monkeypatch.delitem(sys.modules, "cupy", raising=False)
     current = mt.get_backend().name
     with pytest.raises(mt.BackendUnavailable) as info:
         mt.use_backend("cupy")

@@ -26,7 +26,11 @@ import numpy as np
 from .reference import Backend, BackendUnavailable, implemented_by
 from .sources import read_kernel_source
 
-INSTALL_HINT = "pip install 'minitorch_cnn[cuda12]' (CUDA 12) or 'minitorch_cnn[cuda13]' (CUDA 13)"
+# The extras install CuPy with its CUDA toolkit wheels (NVRTC, cuBLAS, cuRAND: CuPy's
+# "[ctk]" extra), so a machine with only the NVIDIA driver needs nothing more.
+INSTALL_HINT = ("pip install 'minitorch_cnn[cuda12]' (driver for CUDA 12) or 'minitorch_cnn[cuda13]' "
+                "(CUDA 13): these bring CuPy and the CUDA libraries it needs, so only the NVIDIA "
+                "driver must be on the machine; `nvidia-smi` shows its CUDA version")
 
 # kernel name -> the source in kernels/ that defines its entry points (see entry_point)
 KERNEL_SOURCES = {
@@ -34,6 +38,11 @@ KERNEL_SOURCES = {
     "col2im": "col2im.cu",
     "max_pool": "max_pool.cu",
     "max_pool_backward": "max_pool.cu",
+    "relu_backward": "relu.cu",
+    "batch_norm": "batch_norm.cu",
+    "batch_norm_backward": "batch_norm.cu",
+    "sgd_step": "optim.cu",
+    "adam_step": "optim.cu",
 }
 KERNEL_DTYPES = ("float32", "float64")
 COMPILE_OPTIONS = ("-std=c++14",)
@@ -53,8 +62,10 @@ CUDA_ERROR_INSUFFICIENT_DRIVER = 35
 CUDA_ERROR_NO_DEVICE = 100
 
 # A kernel and a matrix product small enough to prove the CUDA stack works (NVRTC, the
-# driver, cuBLAS) before the backend is handed out.
-_PROBE_SOURCE = r'extern "C" __global__ void mt_probe(float* x) { x[threadIdx.x] += 1.0f; }'
+# driver, cuBLAS) before the backend is handed out. Grid-stride, like the engine's kernels.
+_PROBE_SOURCE = r"""extern "C" __global__ void mt_probe(float* x, int n) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) x[i] += 1.0f;
+}"""
 
 
 # ---- kernel sources and launch geometry (pure: no CuPy needed) ------------------------
@@ -93,18 +104,52 @@ class CupyBackend(Backend):
 
     def __init__(self, cupy):
         super().__init__("cupy", cupy)
+        # message -> a 0-d device bool, true if a check of the input failed (check_later)
+        self._pending_checks = {}
 
     def to_numpy(self, array):
+        self.raise_failed_checks()
         return self.xp.asnumpy(array)
 
     def synchronize(self):
         self.xp.cuda.get_current_stream().synchronize()
+        self.raise_failed_checks()
+
+    # ---- input checks that must not wait for the GPU -----------------------------------
+    def check_later(self, failed, message):
+        """Raise ``IndexError(message)`` at the next explicit sync (``to_numpy``, hence
+        ``.item()`` and ``.numpy()``, or ``synchronize``) if the 0-d device bool ``failed``
+        is true. Checking at once would wait for the GPU in every training step; the
+        training loop already syncs every few steps. Repeats of a message fold into one
+        flag (one small launch), so the pending checks never grow."""
+        pending = self._pending_checks.get(message)
+        if pending is None:
+            self._pending_checks[message] = failed
+        else:
+            self.xp.logical_or(pending, failed, out=pending)
+
+    def raise_failed_checks(self):
+        if not self._pending_checks:
+            return
+        checks, self._pending_checks = self._pending_checks, {}
+        failed = self.xp.asnumpy(self.xp.stack(list(checks.values())))
+        for message, bad in zip(checks, failed):
+            if bad:
+                raise IndexError(message)
 
     def seed(self, seed):
+        """Reseed lazily: the generator is built at the first draw after a seed, so a net
+        without dropout does no generator work at all, though training reseeds every step."""
+        self._seed, self._rng = seed, None
+
+    @property
+    def rng(self):
         """Philox4x32-10 (PyTorch's CUDA generator too) rather than CuPy's default XORWOW:
-        training reseeds every step, and XORWOW's set-up skips every per-thread state
-        ahead by its thread index (cuRAND's documented slow path); Philox's is O(1)."""
-        self.rng = self.xp.random.Generator(self.xp.random.Philox4x3210(seed))
+        XORWOW's set-up skips every per-thread state ahead by its thread index (cuRAND's
+        documented slow path); Philox's is O(1)."""
+        if self._rng is None:
+            self._rng = self.xp.random.Generator(self.xp.random.Philox4x3210(self._seed))
+        return self._rng
 
     # ---- the CUDA kernels ---------------------------------------------------------------
     def kernel(self, kernel, dtype):
@@ -117,10 +162,12 @@ class CupyBackend(Backend):
             for dtype in KERNEL_DTYPES:
                 self.kernel(kernel, dtype)
 
-    def launch(self, kernel, dtype, total, args):
-        """Run ``kernel`` over ``total`` elements, one thread each, on the current stream."""
+    def launch(self, kernel, dtype, total, args, blocks=None):
+        """Run ``kernel`` over ``total`` elements, one thread each (or in ``blocks`` blocks:
+        a kernel with one block per row), on the current stream."""
         if total:
-            self.kernel(kernel, dtype)((launch_blocks(total),), (THREADS_PER_BLOCK,), args)
+            blocks = launch_blocks(total) if blocks is None else min(blocks, MAX_BLOCKS)
+            self.kernel(kernel, dtype)((blocks,), (THREADS_PER_BLOCK,), args)
 
     @staticmethod
     def dilated(window):
@@ -185,6 +232,109 @@ class CupyBackend(Backend):
         return dx
 
 
+    # ---- ReLU's backward --------------------------------------------------------------------
+    @cuda_kernel("relu_backward")
+    def relu_backward(self, g, y):
+        """One launch over the memory of ``g`` and ``y`` where they share a dense layout
+        (our activations are NCHW views of CHWN memory: no copy); the gradient comes back
+        in that layout."""
+        order = _memory_order(y)
+        if order is None or g.strides != y.strides or g.dtype != y.dtype or not self.has_kernel(g.dtype, g.size):
+            return super().relu_backward(g, y)
+        y_dense = y.transpose(order)
+        dx = self.xp.empty_like(y_dense)
+        self.launch("relu_backward", g.dtype, g.size, (g.transpose(order), y_dense, dx, np.uint32(g.size)))
+        return dx.transpose(tuple(int(d) for d in np.argsort(order)))
+
+    # ---- batch normalisation: one kernel each way, one block per channel ---------------------
+    def _takes_rows(self, rows, *per_channel):
+        """Whether the batch-norm kernels take these: contiguous rows of a kernel dtype and
+        per-channel arrays (None: absent) of the same dtype."""
+        return (rows.ndim == 2 and rows.flags.c_contiguous and self.has_kernel(rows.dtype, rows.size)
+                and all(a is None or (a.dtype == rows.dtype and a.flags.c_contiguous) for a in per_channel))
+
+    @cuda_kernel("batch_norm")
+    def batch_norm(self, rows, weight, shift, eps, relu=False):
+        if not self._takes_rows(rows, weight, shift):
+            return super().batch_norm(rows, weight, shift, eps, relu)
+        channels, count = rows.shape
+        out = self.xp.empty_like(rows)
+        mean, var, inv_std = (self.xp.empty(channels, dtype=rows.dtype) for _ in range(3))
+        self.launch("batch_norm", rows.dtype, rows.size,
+                    (rows, shift if weight is None else weight, shift, out, mean, var, inv_std,
+                     np.int32(channels), np.int32(count), np.float64(eps), np.int32(weight is not None),
+                     np.int32(relu)), blocks=channels)
+        return out, mean, var, inv_std
+
+    @cuda_kernel("batch_norm_backward")
+    def batch_norm_backward(self, g, rows, mean, inv_std, weight, use_batch, relu_out=None):
+        g = self.xp.ascontiguousarray(g)
+        if not (self._takes_rows(g, rows, mean, inv_std, weight, relu_out) and (rows is not None or not use_batch)):
+            return super().batch_norm_backward(g, rows, mean, inv_std, weight, use_batch, relu_out)
+        channels, count = g.shape
+        gx = self.xp.empty_like(g)
+        g_xhat = None if rows is None else self.xp.empty(channels, dtype=g.dtype)
+        g_sum = self.xp.empty(channels, dtype=g.dtype)
+        # arrays a case does not read (rows, mean, weight, relu_out) are passed as another
+        self.launch("batch_norm_backward", g.dtype, g.size,
+                    (g, g if rows is None else rows, inv_std if mean is None else mean, inv_std,
+                     inv_std if weight is None else weight,
+                     g if relu_out is None else relu_out, gx, g_sum if g_xhat is None else g_xhat, g_sum,
+                     np.int32(channels), np.int32(count), np.int32(use_batch), np.int32(rows is not None),
+                     np.int32(weight is not None), np.int32(relu_out is not None)), blocks=channels)
+        return gx, g_xhat, g_sum
+
+    # ---- optimizer steps: one kernel per parameter (optim.py calls these when present) ------
+    def _step_arrays(self, param, grad):
+        """``param`` and ``grad`` as a kernel takes them, or None where it cannot: a
+        parameter updated in place must be contiguous; a gradient view is copied."""
+        if not (self.has_kernel(param.dtype, param.size) and param.flags.c_contiguous
+                and grad.dtype == param.dtype and grad.shape == param.shape):
+            return None
+        return param, self.xp.ascontiguousarray(grad)
+
+    @cuda_kernel("sgd_step")
+    def sgd_step(self, param, grad, state, group):
+        """optim.SGD's update of ``param`` in one launch; False where the kernel cannot
+        take it (optim.py then runs its own body)."""
+        arrays = self._step_arrays(param, grad)
+        if arrays is None:
+            return False
+        momentum, t = group["momentum"], param.dtype.type
+        first = bool(momentum) and "momentum_buffer" not in state
+        if first:
+            state["momentum_buffer"] = self.xp.empty_like(param)
+        buf = state["momentum_buffer"] if momentum else param  # not read without momentum
+        self.launch("sgd_step", param.dtype, param.size,
+                    (*arrays, buf, np.uint32(param.size), t(group["lr"]), t(momentum),
+                     t(1 - group["dampening"]), t(group["weight_decay"]), np.int32(group["nesterov"]),
+                     np.int32(first)))
+        return True
+
+    @cuda_kernel("adam_step")
+    def adam_step(self, param, grad, state, group):
+        """optim.Adam's update of ``param`` in one launch (bias corrections computed here,
+        on the host, from the step count); False where the kernel cannot take it."""
+        arrays = self._step_arrays(param, grad)
+        if arrays is None:
+            return False
+        if not state:
+            state.update(step=0, exp_avg=self.xp.zeros_like(param), exp_avg_sq=self.xp.zeros_like(param))
+        state["step"] += 1
+        (beta1, beta2), step, t = group["betas"], state["step"], param.dtype.type
+        self.launch("adam_step", param.dtype, param.size,
+                    (*arrays, state["exp_avg"], state["exp_avg_sq"], np.uint32(param.size), t(1 - beta1),
+                     t(beta2), t(1 - beta2), t(group["lr"] / (1 - beta1 ** step)),
+                     t(math.sqrt(1 - beta2 ** step)), t(group["eps"]), t(group["weight_decay"])))
+        return True
+
+
+def _memory_order(a):
+    """The axis order in which ``a`` is C-contiguous (``a.transpose(order)`` is), or None."""
+    order = tuple(sorted(range(a.ndim), key=lambda d: -abs(a.strides[d])))
+    return order if a.transpose(order).flags.c_contiguous else None
+
+
 @functools.lru_cache(maxsize=None)
 def _raw_module(cupy, filename):
     """One RawModule per source file and process."""
@@ -198,11 +348,14 @@ def _kernel_function(cupy, kernel, dtype_name):
 
 # ---- construction: why the backend can or cannot run here ---------------------------------
 def create():
-    """The CuPy backend, or :class:`BackendUnavailable` saying why it cannot run here."""
+    """The CuPy backend, or :class:`BackendUnavailable` saying why it cannot run here.
+    Its kernels are compiled here, so that a compile error shows now, not mid-training."""
     cupy = _import_cupy()
     _check_device(cupy)
     _probe(cupy)
-    return CupyBackend(cupy)
+    backend = CupyBackend(cupy)
+    _compile_kernels(backend)
+    return backend
 
 
 def _one_line(exc):
@@ -259,7 +412,7 @@ def _probe(cupy):
     first op otherwise (no NVRTC library, a cuBLAS mismatch, a GPU too new for this CuPy)."""
     try:
         x = cupy.zeros(32, dtype=cupy.float32)
-        cupy.RawKernel(_PROBE_SOURCE, "mt_probe")((1,), (32,), (x,))
+        cupy.RawKernel(_PROBE_SOURCE, "mt_probe")((1,), (32,), (x, np.int32(x.size)))
         y = x.reshape(4, 8) @ x.reshape(8, 4)
         ok = bool((y == 8).all())  # the one host round trip, at start-up
     except Exception as exc:  # anything here means a broken CUDA stack; say what broke
@@ -268,3 +421,11 @@ def _probe(cupy):
     if not ok:
         raise BackendUnavailable("CuPy is installed but broken: a tiny CUDA kernel ran but "
                                  "computed a wrong result")
+
+
+def _compile_kernels(backend):
+    try:
+        backend.prepare()
+    except Exception as exc:  # CuPy's CompileException carries NVRTC's log
+        raise BackendUnavailable(f"CuPy works but the engine's CUDA kernels (kernels/*.cu) fail to "
+                                 f"compile ({_one_line(exc)}); {INSTALL_HINT}") from None

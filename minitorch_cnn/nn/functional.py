@@ -276,10 +276,15 @@ def max_unpool2d(input, indices, kernel_size, stride=None, padding=0, output_siz
     if tuple(index.shape) != tuple(input.shape) or index.dtype.kind not in "iu":
         raise ValueError(f"max_unpool2d: expected integer indices of the input's shape {list(input.shape)}, "
                          f"got {index.dtype} of shape {list(index.shape)}")
-    if input.backend.name != "cupy" and index.size and (index.min() < 0 or index.max() >= size[0] * size[1]):
-        bad = index[(index < 0) | (index >= size[0] * size[1])].flat[0]
-        raise IndexError(f"max_unpool2d: found an invalid max index: {bad} (output volumes are of size "
-                         f"{size[0]}x{size[1]})")
+    if index.size:
+        bad = (index < 0) | (index >= size[0] * size[1])
+        if input.backend.xp is np:
+            if bad.any():
+                raise IndexError(f"max_unpool2d: found an invalid max index: {index[bad][0]} (output volumes "
+                                 f"are of size {size[0]}x{size[1]})")
+        else:  # on a GPU, checked there and raised at the next sync, as the loss's targets
+            input.backend.check_later(bad.any(), f"max_unpool2d: found an invalid max index (output volumes "
+                                                 f"are of size {size[0]}x{size[1]}; checked on the device)")
     return _unbatched(MaxUnpool2d.apply(x, indices=index, size=size), unbatched)
 
 
@@ -370,9 +375,10 @@ def _dropout(input, p, training, mask_shape):
     if not training or p == 0:
         return input
     keep = _batch_random(input.backend, mask_shape, input.dtype) >= p
-    # Inverted dropout: survivors are scaled by 1/(1-p) so eval needs no rescaling.
-    mask = keep * (1.0 / (1.0 - p)) if p < 1 else keep * 0.0
-    return Mask.apply(input, mask=mask.astype(input.dtype, copy=False))
+    # Inverted dropout: survivors are scaled by 1/(1-p) so eval needs no rescaling; the
+    # scale in the input's dtype keeps the mask there (a Python float would make it float64).
+    mask = keep * input.dtype.type(1.0 / (1.0 - p) if p < 1 else 0.0)
+    return Mask.apply(input, mask=mask)
 
 
 def _batch_random(be, shape, dtype):
@@ -643,8 +649,13 @@ def _class_targets(op, input, target, ignore_index):
                          f"got {tuple(t.shape)}")
     t = t.astype(np.int64, copy=False)
     classes = input.shape[0 if input.ndim == 1 else 1]
-    # Checked on the host only: on a GPU it would wait for the device every step.
-    if input.backend.name != "numpy":
+    if input.backend.xp is not np:
+        # On a GPU, checked there and raised at the next sync (checking now would wait for
+        # the device every step), never wrapped silently. As unsigned, a negative target
+        # is huge: one comparison catches both ends.
+        bad = (t.view(np.uint64) >= classes) & (t != ignore_index)
+        input.backend.check_later(bad.any(), f"{op}: a target is out of bounds for {classes} classes (checked "
+                                             f"on the device, raised at the first sync after the loss)")
         return t, ignore_index
     low, high = (t.min(), t.max()) if t.size else (0, -1)
     if low < 0 or high >= classes:
