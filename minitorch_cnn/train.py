@@ -853,33 +853,52 @@ def _together(group, code):
     return code
 
 
-def _join_group(args, parser):
-    """The ProcessGroup of a --distributed run."""
-    if args.eval_only:
-        parser.error("--eval-only evaluates in one process: leave out --distributed")
-    if args.backend == "auto":
-        parser.error("--distributed needs --backend numpy or cupy (every process must use the same)")
+class _Unreadable(Exception):
+    pass
+
+
+class _FirstParser(argparse.ArgumentParser):
+    def error(self, message):
+        raise _Unreadable(message)
+
+
+def _asks_for_group(argv):
+    """--distributed and --backend, read before the other flags so that the processes
+    join first: a usage error is then said once, by rank 0, and ends every process.
+    A command line this cannot read is left to the full parser's error."""
+    first = _FirstParser(add_help=False)
+    first.add_argument("--distributed", action="store_true")
+    first.add_argument("--backend")
+    try:
+        return first.parse_known_args(argv)[0]
+    except _Unreadable:
+        return argparse.Namespace(distributed=False, backend=None)
+
+
+def main(argv=None):
+    parser = build_parser()
+    first = _asks_for_group(argv)
+    if not first.distributed:
+        args = parser.parse_args(argv)
+        if args.list_models:
+            return list_models()
+        return _main(args, parser)
     try:
         import mpi4py  # noqa: F401
     except ImportError:
         parser.error("--distributed needs mpi4py and an MPI: pip install -e '.[mpi]' on a machine "
                      "with one, or '.[mpi-local]' for Open MPI from PyPI")
-    return ProcessGroup(args.backend)
-
-
-def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.list_models:
-        return list_models()
-    if not args.distributed:
-        return _main(args, parser)
-    group = _join_group(args, parser)
-    if group.rank:
-        args.no_progress = True
+    group = ProcessGroup(first.backend)
     try:
-        code = _main(args, parser, group)
-    except SystemExit as e:  # a usage error found after joining (argparse's exit)
+        args = parser.parse_args(argv)
+        if args.eval_only:
+            parser.error("--eval-only evaluates in one process: leave out --distributed")
+        if args.backend == "auto":
+            parser.error("--distributed needs --backend numpy or cupy (every process must use the same)")
+        if group.rank:
+            args.no_progress = True
+        code = list_models() if args.list_models else _main(args, parser, group)
+    except SystemExit as e:  # a usage error (argparse's exit), found in every process alike
         code = e.code
     except PeerFailed as e:
         return e.code
