@@ -171,6 +171,25 @@ def test_sigterm_to_one_process_stops_them_all_and_one_rank_resumes(data_dir, re
 
 
 @needs_mpi
+def test_a_failure_in_one_process_ends_the_job_at_once_with_its_message(data_dir, tmp_path):
+    process = distributed(2, *flags(data_dir, tmp_path, epochs=100))
+    wait_for_training(process)
+    # Rank 0 alone writes: a folder where its checkpoint goes fails only there.
+    checkpoint = tmp_path / "checkpoint.npz"
+    while not checkpoint.is_dir():
+        try:
+            (checkpoint / "in-the-way").mkdir(parents=True)
+        except (FileExistsError, NotADirectoryError):
+            checkpoint.unlink(missing_ok=True)
+    started = time.perf_counter()
+    code, stdout, stderr = finish(process, "a run whose rank 0 cannot write")
+    assert code == 1, stderr[-3000:]
+    assert stderr.count(f"error: cannot write {checkpoint}") == 1, stderr[-3000:]
+    assert time.perf_counter() - started < 60  # the other process was not left waiting
+    assert "epoch 3/100" not in stdout
+
+
+@needs_mpi
 @pytest.mark.parametrize("bad, message", [
     (["--lr", "-1"], "argument --lr: must be > 0, got -1"),
     (["--backend", "auto"], "--distributed needs --backend numpy or cupy"),
