@@ -692,21 +692,15 @@ def _kept(run):
             "the last good checkpoint {} (epoch {}, batch {}) is kept".format(*run.last_good))
 
 
-def train(config, args, ckpt, init, xp, group=None):
-    loaders = load_run_data(config, xp, group=group)
-    if ckpt is not None and ckpt.config.get("data_files") not in (None, config["data_files"]):
-        print(f"note: the data files differ from those checkpoint {ckpt.path} was trained on "
-              "(paths or SHA-256 above)", flush=True)
-    run = Run(config, loaders, args, ckpt=ckpt, init=init, group=group)
-    if group is not None:
-        group.ready()  # every process is, or none trains
-        run.distribute()
+def announce(config, loaders, run, init, group):
+    """The run's first line: what trains on what, where, and how."""
     n_train = loaders["train"].dataset_size
     plan = (f"epochs {run.epoch + 1}..{config['epochs']}" if run.epoch < config["epochs"]
             else f"no epoch left to train ({run.epoch} done)")
-    threads = f", {config['threads']} thread(s)" if config["threads"] else ""
+    threads = f"{config['threads']} thread(s)" if config["threads"] else ""
     if group is not None:
-        threads = f", {group.size} processes{threads and ' x ' + threads[2:]}"
+        threads = f"{group.size} processes" + (f" x {threads}" if threads else "")
+    threads = f", {threads}" if threads else ""
     start = f"; weights from {config['init_from']}" if init is not None else ""
     print(f"training {config['model']} on {config['dataset']} with {config['backend']}{threads}: "
           f"{n_train} training, {loaders['val'].dataset_size} validation, "
@@ -714,11 +708,23 @@ def train(config, args, ckpt, init, xp, group=None):
           f"batches of {config['batch_size']} per epoch; {config['optimizer']} "
           f"lr {config['lr']} momentum {config['momentum']}; seed {config['seed']}{start}"
           f"{fusion_note(run.model)}; out {run.out}", flush=True)
+
+
+def train(config, args, ckpt, init, xp, group=None):
+    loaders = load_run_data(config, xp, group=group)
+    if ckpt is not None and ckpt.config.get("data_files") not in (None, config["data_files"]):
+        print(f"note: the data files differ from those checkpoint {ckpt.path} was trained on "
+              "(paths or SHA-256 above)", flush=True)
+    run = Run(config, loaders, args, ckpt=ckpt, init=init, group=group)
     signals = STOP_SIGNALS if group is None else PARALLEL_STOP_SIGNALS
     try:
         try:
             # Overflow warnings would bury the NaN/inf message that training gives itself.
             with interrupts_at_batch_boundaries(signals), np.errstate(over="ignore", invalid="ignore"):
+                if group is not None:  # (a stop signal from here on waits for a step's end)
+                    group.ready()  # every process is, or none trains
+                    run.distribute()
+                announce(config, loaders, run, init, group)
                 run.train()
         except TrainingInterrupted as stop:
             run.save(stop.epoch, stop.next_batch, stop.step, stop.totals if stop.next_batch else None)
@@ -899,7 +905,7 @@ def main(argv=None):
             args.no_progress = True
         code = list_models() if args.list_models else _main(args, parser, group)
     except SystemExit as e:  # a usage error (argparse's exit), found in every process alike
-        code = e.code
+        code = int(e.code or 0)
     except PeerFailed as e:
         return e.code
     except BaseException:  # its traceback, then MPI's abort (init_process_group's hook)

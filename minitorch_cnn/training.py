@@ -95,8 +95,9 @@ def _to_host(backend, device_scalars, dtype):
 def evaluate(model, loader, loss_kind):
     """Mean loss and accuracy of ``model`` over ``loader``, in eval mode without a graph.
     Sums stay on the device until one sync at the end; the model's mode is restored.
-    A DistributedDataParallel ``model`` evaluates every ``world_size``-th batch from its
-    rank's on, and the processes' sums are added: each gets the whole loader's numbers."""
+    A DistributedDataParallel ``model`` with an unsharded ``loader`` evaluates every
+    ``world_size``-th batch from its rank's on, and the processes' sums are added: each
+    gets the whole loader's numbers."""
     was_training = model.training
     loss_sum = loss_function(loss_kind, reduction="sum")
     backend = backends.backend_of(loader.images)
@@ -303,5 +304,5 @@ def interrupts_at_batch_boundaries(signals=STOP_SIGNALS):
 
 
 __all__ = ["make_optimizer", "loss_function", "evaluate", "train_epoch", "step_seed",
-           "interrupts_at_batch_boundaries", "STOP_SIGNALS", "PARALLEL_STOP_SIGNALS", "NonFiniteLossError", "TrainingInterrupted",
-           "LOSSES", "OPTIMIZERS"]
+           "interrupts_at_batch_boundaries", "STOP_SIGNALS", "PARALLEL_STOP_SIGNALS",
+           "NonFiniteLossError", "TrainingInterrupted", "LOSSES", "OPTIMIZERS"]

@@ -1,10 +1,11 @@
 """``mpiexec -n N python -m mpi4py -m minitorch_cnn.train --distributed``: the command
 line's data-parallel runs against one process on the same global batch, stops by signal
 (SIGUSR1 to mpiexec, which Open MPI forwards; SIGTERM to one of the processes, whose
-request must reach the others) and resumes at another number of processes, and usage
-errors that end every process at once. lenet on 640 images in global batches of 64: 10 steps an epoch, 30 in all.
-The launches (``test_distributed.start``: shared memory only, each under a timeout)
-skip, saying why, where mpi4py or mpiexec is missing.
+request must reach the others) and resumes at another number of processes, and errors,
+of all processes or of one, that end every process at once. lenet on 640 images in
+global batches of 64: 10 steps an epoch, 30 in all. The launches
+(``test_distributed.start``: shared memory only, each under a timeout) skip, saying
+why, where mpi4py or mpiexec is missing.
 """
 import os
 import signal
