@@ -699,7 +699,7 @@ def announce(config, loaders, run, init, group):
             else f"no epoch left to train ({run.epoch} done)")
     threads = f"{config['threads']} thread(s)" if config["threads"] else ""
     if group is not None:
-        threads = f"{group.size} processes" + (f" x {threads}" if threads else "")
+        threads = f"{group.size} process{'es' * (group.size > 1)}" + (f" x {threads}" if threads else "")
     threads = f", {threads}" if threads else ""
     start = f"; weights from {config['init_from']}" if init is not None else ""
     print(f"training {config['model']} on {config['dataset']} with {config['backend']}{threads}: "
