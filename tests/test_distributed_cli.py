@@ -102,9 +102,12 @@ def test_two_processes_train_the_model_of_one_process_on_the_global_batch(data_d
     ours = load_checkpoint(tmp_path / "checkpoint.npz")
     assert ours.step == reference.step == EPOCHS * TRAIN_N // 64
     assert max_difference(weights(ours.path), weights(reference.path)) <= 1e-5
-    # Evaluation splits the batches among the processes and sums the counts.
-    for key in ("val_acc", "test_acc"):
+    # Evaluation splits the batches among the processes and sums the counts; training
+    # counts each image once, in one process's share.
+    for key in ("val_acc", "test_acc", "images"):
         assert [r[key] for r in ours.history] == [r[key] for r in reference.history]
+    assert np.allclose([r["train_loss"] for r in ours.history], [r["train_loss"] for r in reference.history],
+                       rtol=0, atol=1e-5)
     assert stdout.count("training lenet") == 1 and stdout.count("done:") == 1  # rank 0 alone
     assert "2 processes x 1 thread(s)" in stdout
     assert sorted(os.listdir(tmp_path)) == ["best.npz", "checkpoint.npz", "error.png", "loss.png",
