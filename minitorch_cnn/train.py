@@ -7,9 +7,15 @@ found nowhere); 2 unusable input, said in one line before any training: bad flag
 file or --data-dir, a checkpoint, an output that cannot be written, an unavailable
 backend; 130 interrupted by Ctrl-C, 143 by SIGTERM (both save a checkpoint of the last
 finished batch first).
+
+With --distributed, under an MPI launcher (``mpiexec -n N python -m mpi4py -m
+minitorch_cnn.train --distributed ...``), N processes train one model on shares of each
+global batch (docs/distributed.md); SIGUSR1, which Open MPI's mpiexec forwards, stops it
+as SIGTERM does, with status 138.
 """
 import argparse
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -23,8 +29,8 @@ from . import __version__, backends, data, models, nn
 from .checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
 from .files import atomic_replace_text, atomic_savez, atomic_write, check_writable
 from .metrics import CSV_NAME, ERROR_PNG, LOSS_PNG, MetricsLog, plot_metrics
-from .training import (NonFiniteLossError, TrainingInterrupted, evaluate,
-                       interrupts_at_batch_boundaries, make_optimizer, train_epoch)
+from .training import (PARALLEL_STOP_SIGNALS, STOP_SIGNALS, NonFiniteLossError, TrainingInterrupted,
+                       evaluate, interrupts_at_batch_boundaries, make_optimizer, train_epoch)
 
 # The default: bn-cnn (BatchNorm + Adam) learns fast: measured 85% test accuracy after one
 # epoch and 88.9-90.3% after its five (seeds 0-2), in 60-85 s on two CPU cores with NumPy.
@@ -44,8 +50,10 @@ CHECKPOINT_NAME, BEST_NAME, FILTERS_NAME = "checkpoint.npz", "best.npz", "filter
 # every file a run writes there (what --overwrite replaces).
 RUN_FILES = (CHECKPOINT_NAME, BEST_NAME, CSV_NAME)
 OUTPUT_FILES = RUN_FILES + (FILTERS_NAME, LOSS_PNG, ERROR_PNG)
-EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 130, 143
-EXIT_FOR_SIGNAL = {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: EXIT_TERMINATED}
+EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USR1 = 1, 2, 130, 143, 138
+EXIT_FOR_SIGNAL = {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: EXIT_TERMINATED,
+                   signal.SIGUSR1: EXIT_USR1}
+SIGNAL_NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGUSR1: "SIGUSR1"}  # else Ctrl-C
 
 
 class UnusableInput(Exception):
@@ -171,6 +179,12 @@ def build_parser():
                         "<out>/filters.npz (for `python -m minitorch_cnn.inspect evolution`); "
                         "a resumed run keeps recording at its own N")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel training in every process that an MPI launcher started: "
+                        "mpiexec -n N python -m mpi4py -m minitorch_cnn.train --distributed ... "
+                        "(or srun --mpi=pmix). --batch-size stays the global batch, so the run "
+                        "gives the same model at any N; rank 0 alone prints and writes. Stop it "
+                        "with kill -USR1 <mpiexec's pid> (exit 138). See docs/distributed.md")
     return p
 
 
@@ -318,17 +332,26 @@ def read_split(dataset, split, data_dir, files):
     return images, labels
 
 
-def load_loaders(config, data_dir, xp, splits=("train", "test"), files=None):
+def load_loaders(config, data_dir, xp, splits=("train", "test"), files=None, group=None):
     """``{"train": ..., "val": ..., "test": ...}`` DataLoaders, the data moved to ``xp``
-    once; the files read are added to ``files`` (absolute path -> SHA-256) if given."""
+    once; the files read are added to ``files`` (absolute path -> SHA-256) if given. With
+    the ProcessGroup ``group`` of a --distributed run, the training loader gives this
+    process its share of every global batch."""
     name, bs = config["dataset"], config["batch_size"]
     mean, std = data.NORMALIZATION[name]
     loaders, files = {}, {} if files is None else files
     if "train" in splits:
         images, labels = read_split(name, "train", data_dir, files)
         n = config.get("train_subset") or len(images)
-        loaders["train"] = data.DataLoader(images[:n], labels[:n], batch_size=bs, shuffle=True,
-                                           seed=config["seed"], mean=mean, std=std, xp=xp)
+        shard = {} if group is None else {"num_replicas": group.size, "rank": group.rank}
+        try:
+            loaders["train"] = data.DataLoader(images[:n], labels[:n], batch_size=bs, shuffle=True,
+                                               seed=config["seed"], mean=mean, std=std, xp=xp, **shard)
+        except ValueError:  # a global batch too small to give every process a row
+            raise UnusableInput(f"--batch-size {bs} splits the {min(n, len(images))} training images "
+                                f"into batches the last of which has {min(n, len(images)) % bs or bs}: "
+                                f"fewer than the {group.size} processes; choose another "
+                                "--batch-size or --train-subset") from None
     images, labels = read_split(name, "test", data_dir, files)
     n = config.get("test_subset") or len(images)
     images, labels = images[:n], labels[:n]
@@ -338,11 +361,11 @@ def load_loaders(config, data_dir, xp, splits=("train", "test"), files=None):
     return loaders
 
 
-def load_run_data(config, xp, splits=("train", "test")):
+def load_run_data(config, xp, splits=("train", "test"), group=None):
     """:func:`load_loaders` from the run's data folder; prints and records in ``config``
     (``data_files``: ``path`` and ``sha256`` of each) the files read."""
     files = {}
-    loaders = load_loaders(config, config["data_dir"], xp, splits, files)
+    loaders = load_loaders(config, config["data_dir"], xp, splits, files, group)
     for path, digest in files.items():
         print(f"data: {path} sha256 {digest}", flush=True)
     config["data_files"] = [{"path": path, "sha256": digest} for path, digest in files.items()]
@@ -386,10 +409,16 @@ def _pct(x):
     return f"{100 * x:.2f}%"
 
 
-def build_model(config):
+def build_model(config, parallel=False):
     """The run's model, fresh from the zoo, each BatchNorm2d -> ReLU (-> MaxPool2d) fused
-    into one nn.BatchNormReLU2d (the same numbers, faster): the one place a run builds it."""
-    return nn.fuse_modules(models.get_model(config["model"]), inplace=True)
+    into one nn.BatchNormReLU2d (the same numbers, faster): the one place a run builds it.
+    In a data-parallel run each BatchNorm2d becomes an nn.SyncBatchNorm instead, which
+    normalises with the global batch's statistics, so the model does not depend on the
+    number of processes (the state_dict keys are the same either way)."""
+    model = models.get_model(config["model"])
+    if parallel:
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return nn.fuse_modules(model, inplace=True)
 
 
 def fusion_note(model):
@@ -411,14 +440,17 @@ def _writing(what):
 class Run:
     """One training session: the model, its optimizer and data, and everything it writes.
     ``ckpt`` is the checkpoint a resumed run continues; ``init`` the one whose weights
-    start a fresh run (--init-from)."""
+    start a fresh run (--init-from). In a --distributed run (``group``), every process
+    trains and only rank 0 writes; :meth:`distribute` wraps the model for training."""
 
-    def __init__(self, config, loaders, args, ckpt=None, init=None):
+    def __init__(self, config, loaders, args, ckpt=None, init=None, group=None):
         self.config, self.loaders, self.args = config, loaders, args
         self.out, self.checkpoint_path = config["out"], config["checkpoint"]
         self.best_path = os.path.join(self.out, BEST_NAME)
+        self.writes = group is None or group.rank == 0
         backends.seed_all(config["seed"])  # the initial weights
-        self.model = build_model(config)
+        self.model = build_model(config, parallel=group is not None)
+        self.net = self.model  # what trains and evaluates: the model, or its DistributedDataParallel
         self.optimizer = make_optimizer(config["optimizer"], list(self.model.parameters()),
                                         config["lr"], config["momentum"])
         self.epoch, self.batch, self.step, self.partial = 0, 0, 0, None
@@ -432,15 +464,18 @@ class Run:
         # (path, epoch, batch) of the newest checkpoint of this run, kept if training fails
         self.last_good = None if ckpt is None else (os.path.abspath(ckpt.path), ckpt.epoch, ckpt.batch)
         if ckpt is not None:
-            self.carry_records(os.path.dirname(os.path.abspath(ckpt.path)))
+            if self.writes:
+                self.carry_records(os.path.dirname(os.path.abspath(ckpt.path)))
             if self.best is not None:  # the run's best checkpoint is the one in its folder
                 self.best = {**self.best, "path": self.best_path if os.path.isfile(self.best_path)
                              else None}
-        with _writing(os.path.join(self.out, CSV_NAME)):
-            self.metrics = MetricsLog(self.out)
-            self.metrics.truncate_after(self.step)
+        self.metrics = None
+        if self.writes:
+            with _writing(os.path.join(self.out, CSV_NAME)):
+                self.metrics = MetricsLog(self.out)
+                self.metrics.truncate_after(self.step)
         self.filters = None
-        if config["record_filters"]:
+        if config["record_filters"] and self.writes:
             self.filters = FilterRecorder(os.path.join(self.out, FILTERS_NAME),
                                           first_conv(self.model), config["record_filters"], self.step)
 
@@ -454,7 +489,13 @@ class Run:
                 with open(origin, "rb") as f, _writing(copy):
                     atomic_write(copy, lambda out: shutil.copyfileobj(f, out))
 
+    def distribute(self):
+        """Train from here on as one of the processes of a --distributed run."""
+        self.net = nn.parallel.DistributedDataParallel(self.model)
+
     def save(self, epoch, batch, step, partial=None, path=None):
+        if not self.writes:
+            return
         path = path or self.checkpoint_path
         with _writing(path):
             save_checkpoint(path, self.model, self.optimizer, config=self.config, epoch=epoch,
@@ -475,7 +516,7 @@ class Run:
             def on_step(event):
                 bar.update(1)
                 log = event["log"]
-                if log is not None:
+                if log is not None and self.writes:
                     bar.set_postfix(loss=f"{log['epoch_loss']:.4f}", acc=_pct(log["epoch_accuracy"]),
                                     img_s=f"{log['images_per_second']:.0f}", refresh=False)
                     with _writing(self.metrics.path):
@@ -487,7 +528,7 @@ class Run:
                     self.filters.maybe_add(event["step"])
 
             try:
-                stats = train_epoch(self.model, self.optimizer, self.loaders["train"],
+                stats = train_epoch(self.net, self.optimizer, self.loaders["train"],
                                     self.config["loss"], epoch=e, seed=self.config["seed"],
                                     start_batch=self.batch, totals=self.partial, on_step=on_step,
                                     log_every=self.config["log_every"])
@@ -509,20 +550,23 @@ class Run:
                   "train_acc": stats["accuracy"], "images": stats["images"],
                   "seconds": stats["seconds"], "images_per_second": stats["images_per_second"]}
         for split in ("val", "test"):
-            loss, acc = evaluate(self.model, self.loaders[split], self.config["loss"])
+            loss, acc = evaluate(self.net, self.loaders[split], self.config["loss"])
             if not np.isfinite(loss):
                 raise NonFiniteLossError(e, len(self.loaders["train"]) - 1, self.step, loss,
                                          what={"val": "validation", "test": "test"}[split])
             record[f"{split}_loss"], record[f"{split}_acc"] = loss, acc
         self.history.append(record)
-        with _writing(self.metrics.path):
-            self.metrics.append("epoch", **{k: v for k, v in record.items() if k != "images"})
+        if self.writes:
+            with _writing(self.metrics.path):
+                self.metrics.append("epoch", **{k: v for k, v in record.items() if k != "images"})
         print(f"epoch {e + 1}/{self.config['epochs']}: train loss {record['train_loss']:.4f} "
               f"acc {_pct(record['train_acc'])} | val acc {_pct(record['val_acc'])} | "
               f"test loss {record['test_loss']:.4f} acc {_pct(record['test_acc'])} | "
               f"{record['seconds']:.1f} s, {record['images_per_second']:.0f} images/s", flush=True)
 
     def write_side_files(self):
+        if not self.writes:
+            return
         if self.filters is not None and self.filters.steps:
             with _writing(self.filters.path):
                 self.filters.save()
@@ -537,8 +581,8 @@ class Run:
             last = self.history[-1]
             val, test = (last["val_loss"], last["val_acc"]), (last["test_loss"], last["test_acc"])
         else:  # nothing trained (--epochs 0): measure the model as it is
-            val = evaluate(self.model, self.loaders["val"], self.config["loss"])
-            test = evaluate(self.model, self.loaders["test"], self.config["loss"])
+            val = evaluate(self.net, self.loaders["val"], self.config["loss"])
+            test = evaluate(self.net, self.loaders["test"], self.config["loss"])
         path = self.checkpoint_path if os.path.exists(self.checkpoint_path) else None
         return make_summary(self.config, self.epoch, self.step, self.history, val, test, path,
                             self.best)
@@ -648,16 +692,15 @@ def _kept(run):
             "the last good checkpoint {} (epoch {}, batch {}) is kept".format(*run.last_good))
 
 
-def train(config, args, ckpt, init, xp):
-    loaders = load_run_data(config, xp)
-    if ckpt is not None and ckpt.config.get("data_files") not in (None, config["data_files"]):
-        print(f"note: the data files differ from those checkpoint {ckpt.path} was trained on "
-              "(paths or SHA-256 above)", flush=True)
-    run = Run(config, loaders, args, ckpt=ckpt, init=init)
+def announce(config, loaders, run, init, group):
+    """The run's first line: what trains on what, where, and how."""
     n_train = loaders["train"].dataset_size
     plan = (f"epochs {run.epoch + 1}..{config['epochs']}" if run.epoch < config["epochs"]
             else f"no epoch left to train ({run.epoch} done)")
-    threads = f", {config['threads']} thread(s)" if config["threads"] else ""
+    threads = f"{config['threads']} thread(s)" if config["threads"] else ""
+    if group is not None:
+        threads = f"{group.size} process{'es' * (group.size > 1)}" + (f" x {threads}" if threads else "")
+    threads = f", {threads}" if threads else ""
     start = f"; weights from {config['init_from']}" if init is not None else ""
     print(f"training {config['model']} on {config['dataset']} with {config['backend']}{threads}: "
           f"{n_train} training, {loaders['val'].dataset_size} validation, "
@@ -665,21 +708,36 @@ def train(config, args, ckpt, init, xp):
           f"batches of {config['batch_size']} per epoch; {config['optimizer']} "
           f"lr {config['lr']} momentum {config['momentum']}; seed {config['seed']}{start}"
           f"{fusion_note(run.model)}; out {run.out}", flush=True)
+
+
+def train(config, args, ckpt, init, xp, group=None):
+    loaders = load_run_data(config, xp, group=group)
+    if ckpt is not None and ckpt.config.get("data_files") not in (None, config["data_files"]):
+        print(f"note: the data files differ from those checkpoint {ckpt.path} was trained on "
+              "(paths or SHA-256 above)", flush=True)
+    run = Run(config, loaders, args, ckpt=ckpt, init=init, group=group)
+    signals = STOP_SIGNALS if group is None else PARALLEL_STOP_SIGNALS
     try:
         try:
             # Overflow warnings would bury the NaN/inf message that training gives itself.
-            with interrupts_at_batch_boundaries(), np.errstate(over="ignore", invalid="ignore"):
+            with interrupts_at_batch_boundaries(signals), np.errstate(over="ignore", invalid="ignore"):
+                if group is not None:  # (a stop signal from here on waits for a step's end)
+                    group.ready()  # every process is, or none trains
+                    run.distribute()
+                announce(config, loaders, run, init, group)
                 run.train()
         except TrainingInterrupted as stop:
             run.save(stop.epoch, stop.next_batch, stop.step, stop.totals if stop.next_batch else None)
             run.write_side_files()
             where = (f"after batch {stop.next_batch} of epoch {stop.epoch + 1}" if stop.next_batch
                      else f"before epoch {stop.epoch + 1}")
-            by = "SIGTERM" if stop.signum == signal.SIGTERM else "Ctrl-C"
+            by = SIGNAL_NAMES.get(stop.signum, "Ctrl-C")
+            command = ("python -m minitorch_cnn.train" if group is None else
+                       f"mpiexec -n {group.size} python -m mpi4py -m minitorch_cnn.train --distributed")
             print(f"\ninterrupted by {by} {where}: saved {run.checkpoint_path}\nresume with: "
-                  f"python -m minitorch_cnn.train --resume {run.checkpoint_path} --epochs "
-                  f"{config['epochs']}", file=sys.stderr, flush=True)
-            return EXIT_FOR_SIGNAL.get(stop.signum, EXIT_INTERRUPTED)
+                  f"{command} --resume {run.checkpoint_path} --epochs {config['epochs']}",
+                  file=sys.stderr, flush=True)
+            return _together(group, EXIT_FOR_SIGNAL.get(stop.signum, EXIT_INTERRUPTED))
     except NonFiniteLossError as e:
         run.write_side_files()
         if run.last_good is None:
@@ -688,7 +746,7 @@ def train(config, args, ckpt, init, xp):
             advice = (f"to go on from it with a smaller learning rate: python -m minitorch_cnn.train "
                       f"--init-from {run.last_good[0]} --lr {config['lr'] / 10:g}")
         error(f"{e}; training stopped and {_kept(run)}; {advice}")
-        return EXIT_FAILURE
+        return _together(group, EXIT_FAILURE)
     except OutputFailed as e:
         error(f"{e}; training stopped and {_kept(run)}")
         return EXIT_FAILURE
@@ -697,9 +755,9 @@ def train(config, args, ckpt, init, xp):
         return EXIT_INTERRUPTED
     summary = run.summary()
     print_summary(summary)
-    if args.summary_json:
+    if args.summary_json and run.writes:
         write_summary_json(args.summary_json, summary)
-    return 0
+    return _together(group, 0)
 
 
 def _read_checkpoint(flag, path, parser):
@@ -721,11 +779,142 @@ def _terminate(signum, frame):
     raise Terminated
 
 
+# ---- data-parallel runs (--distributed) ------------------------------------------------------
+class PeerFailed(Exception):
+    """Another process of a --distributed run could not start training (and said why)."""
+
+    def __init__(self, code):
+        super().__init__(f"another process exited with status {code}")
+        self.code = code
+
+
+class ProcessGroup:
+    """The processes of a --distributed run, as the command uses them.
+
+    Each process prepares on its own (flags, data, model; only rank 0 places and writes
+    outputs) and may fail alone: :meth:`ready` then holds every process until all are
+    ready, or ends them all with the first failing rank's status and message. Once
+    training runs, every stop is decided from numbers summed over the processes (the
+    end, a stop signal, a NaN loss), so all end after the same step; a failure of one
+    process alone (a full disk at rank 0's checkpoint, a second Ctrl-C) aborts the job
+    through MPI, never leaving the others waiting. Ranks other than 0 stay quiet: their
+    output is dropped, and their errors are shown only when they end the run."""
+
+    def __init__(self, backend):
+        from . import distributed  # imports mpi4py, which starts MPI
+        distributed.init_process_group("nccl" if backend == "cupy" else "mpi")
+        comm = distributed.get_communicator()
+        self.mpi = getattr(comm, "world", comm)  # the MPI communicator, also under NCCL's
+        self.rank, self.size = comm.rank, comm.size
+        self.agreed = self.together = False
+        self.stderr = sys.stderr
+        if self.rank:
+            sys.stdout, sys.stderr = open(os.devnull, "w"), io.StringIO()
+
+    def ready(self):
+        """Return once every process is ready to train; PeerFailed if one is not."""
+        code = self._agree(0)
+        if code:
+            raise PeerFailed(code)
+
+    def _agree(self, code):
+        """Every process's status (0: ready) in one all-reduce; the first failing rank's
+        status, that rank showing its held errors."""
+        codes = np.zeros(self.size, dtype=np.int64)
+        codes[self.rank] = code
+        self.mpi.all_reduce(codes, "max")
+        self.agreed = True
+        failed = np.flatnonzero(codes)
+        if failed.size and failed[0] == self.rank:
+            self.show_errors()
+        return int(codes[failed[0]]) if failed.size else 0
+
+    def show_errors(self):
+        """Let this process's held error output through, and what follows it."""
+        if sys.stderr is not self.stderr:
+            held, sys.stderr = sys.stderr.getvalue(), self.stderr
+            sys.stderr.write(held)
+            sys.stderr.flush()
+
+    def finish(self, code):
+        """This process's exit status ``code`` once the command is done with it: before
+        training, tell the others (all end with the first failure's status); after an
+        ending all processes reached together, wait until rank 0 has written everything;
+        otherwise end the whole job now."""
+        if not self.agreed:
+            return self._agree(code)
+        if self.together:
+            self.mpi.barrier()
+            return code
+        self.show_errors()
+        sys.stdout.flush()
+        self.mpi.comm.Abort(code or EXIT_FAILURE)
+
+
+def _together(group, code):
+    """``code`` ends a run at the same step in every process (``group``: None outside
+    --distributed)."""
+    if group is not None:
+        group.together = True
+    return code
+
+
+class _Unreadable(Exception):
+    pass
+
+
+class _FirstParser(argparse.ArgumentParser):
+    def error(self, message):
+        raise _Unreadable(message)
+
+
+def _asks_for_group(argv):
+    """--distributed and --backend, read before the other flags so that the processes
+    join first: a usage error is then said once, by rank 0, and ends every process.
+    A command line this cannot read is left to the full parser's error."""
+    first = _FirstParser(add_help=False)
+    first.add_argument("--distributed", action="store_true")
+    first.add_argument("--backend")
+    try:
+        return first.parse_known_args(argv)[0]
+    except _Unreadable:
+        return argparse.Namespace(distributed=False, backend=None)
+
+
 def main(argv=None):
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.list_models:
-        return list_models()
+    first = _asks_for_group(argv)
+    if not first.distributed:
+        args = parser.parse_args(argv)
+        if args.list_models:
+            return list_models()
+        return _main(args, parser)
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        parser.error("--distributed needs mpi4py and an MPI: pip install -e '.[mpi]' on a machine "
+                     "with one, or '.[mpi-local]' for Open MPI from PyPI")
+    group = ProcessGroup(first.backend)
+    try:
+        args = parser.parse_args(argv)
+        if args.eval_only:
+            parser.error("--eval-only evaluates in one process: leave out --distributed")
+        if args.backend == "auto":
+            parser.error("--distributed needs --backend numpy or cupy (every process must use the same)")
+        if group.rank:
+            args.no_progress = True
+        code = list_models() if args.list_models else _main(args, parser, group)
+    except SystemExit as e:  # a usage error (argparse's exit), found in every process alike
+        code = int(e.code or 0)
+    except PeerFailed as e:
+        return e.code
+    except BaseException:  # its traceback, then MPI's abort (init_process_group's hook)
+        group.show_errors()
+        raise
+    return group.finish(code)
+
+
+def _main(args, parser, group=None):
     if args.eval_only and not args.resume:
         parser.error("--eval-only needs --resume PATH (the checkpoint to evaluate)")
     if args.init_from and args.resume:
@@ -740,13 +929,13 @@ def main(argv=None):
     except ValueError:  # not the main thread: SIGTERM keeps its handler
         previous_sigterm = None
     try:
-        return _run(config, args, ckpt, init)
+        return _run(config, args, ckpt, init, group)
     finally:
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)
 
 
-def _run(config, args, ckpt, init):
+def _run(config, args, ckpt, init, group=None):
     try:
         try:
             backend = choose_backend(config["backend"])
@@ -756,13 +945,13 @@ def _run(config, args, ckpt, init):
         config["backend"] = backend.name
         if args.eval_only:
             check_outputs({"--summary-json": args.summary_json})
-        else:
+        elif group is None or group.rank == 0:  # the one process that writes
             place_outputs(config, args, ckpt)
         set_threads(config, args, ckpt)
         backend.prepare()  # build the kernels now, not inside the first step
         if args.eval_only:
             return evaluate_only(config, args, ckpt, backend.xp)
-        return train(config, args, ckpt, init, backend.xp)
+        return train(config, args, ckpt, init, backend.xp, group)
     except (UnusableInput, CheckpointError) as e:
         error(str(e))
         return EXIT_USAGE

@@ -10,16 +10,24 @@ No host sync per step. The running loss and correct counts stay on the device as
 0-d arrays; they are brought to the host together every ``log_every`` steps, at the
 end of the epoch and at an interruption. That is also where a non-finite loss is
 detected, naming the first step that produced one.
+
+Data-parallel training. Given a ``nn.parallel.DistributedDataParallel`` model and a
+sharded loader, :func:`train_epoch` sends the step's loss sum, correct count, batch size
+and stop requests in the gradients' all-reduce (no other message per step), so every
+process logs the global batch's numbers and stops after the same step; :func:`evaluate`
+splits the batches among the processes and sums their counts.
 """
 import contextlib
+import itertools
 import signal
 import time
 
 import numpy as np
 
-from . import backends, optim
+from . import backends, distributed, optim
 from .autograd import no_grad
 from .nn import functional as F
+from .nn.parallel import DistributedDataParallel
 from .tensor import Tensor
 
 LOSSES = {"nll": F.nll_loss, "cross_entropy": F.cross_entropy}
@@ -86,25 +94,37 @@ def _to_host(backend, device_scalars, dtype):
 
 def evaluate(model, loader, loss_kind):
     """Mean loss and accuracy of ``model`` over ``loader``, in eval mode without a graph.
-    Sums stay on the device until one sync at the end; the model's mode is restored."""
+    Sums stay on the device until one sync at the end; the model's mode is restored.
+    A DistributedDataParallel ``model`` with an unsharded ``loader`` evaluates every
+    ``world_size``-th batch from its rank's on, and the processes' sums are added: each
+    gets the whole loader's numbers."""
     was_training = model.training
     loss_sum = loss_function(loss_kind, reduction="sum")
     backend = backends.backend_of(loader.images)
+    batches = loader.batches(0)
+    parallel = isinstance(model, DistributedDataParallel)
+    if parallel:
+        batches = itertools.islice(batches, distributed.get_rank(), None, distributed.get_world_size())
     losses, correct, seen = [], [], 0
     model.eval()
     try:
         with no_grad():
-            for x, y in loader.batches(0):
+            for x, y in batches:
                 output = model(Tensor(x))
                 losses.append(loss_sum(output, y).data)
                 correct.append(_correct(output, y))
                 seen += len(y)
     finally:
         model.train(was_training)
+    totals = [float(_to_host(backend, losses, np.float64).sum()) if losses else 0.0,
+              int(_to_host(backend, correct, np.int64).sum()) if correct else 0, seen]
+    if parallel:
+        summed = Tensor(backend.xp.asarray(totals, dtype=np.float64))
+        distributed.all_reduce(summed)
+        totals = backend.to_numpy(summed.data).tolist()
+    total_loss, total_correct, seen = totals[0], int(totals[1]), int(totals[2])
     if not seen:
         raise ValueError("evaluate() got an empty data loader")
-    total_loss = float(_to_host(backend, losses, np.float64).sum())
-    total_correct = int(_to_host(backend, correct, np.int64).sum())
     return total_loss / seen, total_correct / seen
 
 
@@ -169,7 +189,13 @@ def train_epoch(model, optimizer, loader, loss_kind, *, epoch, seed, start_batch
     (and the raw ``loss_sum``, ``correct``) over the whole epoch, ``totals`` of an
     interrupted run included. A KeyboardInterrupt raised by ``on_step`` or requested through
     :func:`interrupts_at_batch_boundaries` becomes :class:`TrainingInterrupted`; a NaN or
-    infinite loss raises :class:`NonFiniteLossError`."""
+    infinite loss raises :class:`NonFiniteLossError`.
+
+    With a DistributedDataParallel ``model`` (and ``loader`` sharded for this process),
+    each step's all-reduce also sums the loss, correct count and batch size (``log``,
+    ``images`` and the result are the global batch's) and the stop requests, so every
+    process stops after the same step; a KeyboardInterrupt from ``on_step`` then
+    propagates as it is, since only this process saw it."""
     if log_every < 1:
         raise ValueError(f"log_every must be at least 1, got {log_every}")
     compute_loss = loss_function(loss_kind)
@@ -186,23 +212,30 @@ def train_epoch(model, optimizer, loader, loss_kind, *, epoch, seed, start_batch
         totals["seconds"] += seconds
         return loss_sum, correct, images, seconds
 
-    def interrupted(next_batch):
-        signum, _interrupt_requested[0] = _interrupt_requested[0] or signal.SIGINT, None
+    def interrupted(next_batch, signum=None):
+        signum, _interrupt_requested[0] = signum or _interrupt_requested[0] or signal.SIGINT, None
         absorb()  # a checkpoint follows: never write one after a non-finite loss
         return TrainingInterrupted(epoch, next_batch, epoch * steps_per_epoch + next_batch, totals,
                                    signum)
 
+    parallel = isinstance(model, DistributedDataParallel)
     model.train()
     for b, (x, y) in enumerate(loader.batches(epoch, start_batch), start=start_batch):
-        if _interrupt_requested[0]:  # a signal came during the previous step or between epochs
+        # A signal came during the previous step or between epochs (data-parallel: the
+        # request travels with the next all-reduce instead).
+        if _interrupt_requested[0] and not parallel:
             raise interrupted(b)
         backends.seed_all(step_seed(seed, epoch, b))
         optimizer.zero_grad()
         output = model(Tensor(x))
         loss = compute_loss(output, y)
         loss.backward()
+        if parallel:
+            loss_value, correct, size, stop = _all_reduce_step(model, loss, output, y)
+        else:
+            loss_value, correct, size, stop = loss.data, _correct(output, y), len(y), None
         optimizer.step()
-        window.add(b, loss.data, _correct(output, y), len(y))
+        window.add(b, loss_value, correct, size)
         step = epoch * steps_per_epoch + b + 1
         log = None
         if (b + 1) % log_every == 0:
@@ -213,32 +246,51 @@ def train_epoch(model, optimizer, loader, loss_kind, *, epoch, seed, start_batch
                    "epoch_accuracy": totals["correct"] / totals["images"]}
         if on_step is not None:
             try:
-                on_step({"epoch": epoch, "batch": b, "step": step, "images": len(y), "log": log})
+                on_step({"epoch": epoch, "batch": b, "step": step, "images": size, "log": log})
             except KeyboardInterrupt as e:
+                if parallel:
+                    raise
                 raise interrupted(b + 1) from e
+        if stop is not None:
+            raise interrupted(b + 1, stop)
     absorb()
     return _epoch_result(totals)
+
+
+def _all_reduce_step(ddp, loss, output, y):
+    """``ddp``'s gradient all-reduce, carrying this process's loss sum, correct count,
+    batch size and stop request: returns the global batch's mean loss, correct count and
+    size, and the signal that stops training after this step (or None), the same in
+    every process. The first stop signal in PARALLEL_STOP_SIGNALS's order that any
+    process received wins."""
+    requested = _interrupt_requested[0]
+    summed = ddp.reduce_gradients(loss.data * len(y), _correct(output, y), len(y),
+                                  *(float(requested == s) for s in PARALLEL_STOP_SIGNALS))
+    stop = next((s for s, n in zip(PARALLEL_STOP_SIGNALS, summed[3:].tolist()) if n), None)
+    return summed[0] / summed[2], summed[1], summed[2], stop
 
 
 # ---- Ctrl-C and SIGTERM at batch boundaries -----------------------------------------------------
 _interrupt_requested = [None]  # the number of the signal that asked training to stop
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# Open MPI's mpiexec kills its processes on SIGINT and SIGTERM, and forwards SIGUSR1.
+PARALLEL_STOP_SIGNALS = STOP_SIGNALS + (signal.SIGUSR1,)
 
 
 @contextlib.contextmanager
-def interrupts_at_batch_boundaries():
+def interrupts_at_batch_boundaries(signals=STOP_SIGNALS):
     """Inside the block, a first Ctrl-C (SIGINT) or SIGTERM (``kill``, ``timeout``, a
-    scheduler, ``docker stop``) lets the current step finish and then stops
-    :func:`train_epoch` with :class:`TrainingInterrupted`, so the state can be saved
-    whole; a second signal raises KeyboardInterrupt at once. Outside the main thread,
-    where signal handlers cannot be set, the block changes nothing."""
+    scheduler, ``docker stop``), or any other of ``signals``, lets the current step
+    finish and then stops :func:`train_epoch` with :class:`TrainingInterrupted`, so the
+    state can be saved whole; a second signal raises KeyboardInterrupt at once. Outside
+    the main thread, where signal handlers cannot be set, the block changes nothing."""
     def request(signum, frame):
         if _interrupt_requested[0]:
             raise KeyboardInterrupt
         _interrupt_requested[0] = signum
 
     try:
-        previous = {s: signal.signal(s, request) for s in STOP_SIGNALS}
+        previous = {s: signal.signal(s, request) for s in signals}
     except ValueError:  # not the main thread
         yield
         return
@@ -252,5 +304,5 @@ def interrupts_at_batch_boundaries():
 
 
 __all__ = ["make_optimizer", "loss_function", "evaluate", "train_epoch", "step_seed",
-           "interrupts_at_batch_boundaries", "STOP_SIGNALS", "NonFiniteLossError", "TrainingInterrupted",
-           "LOSSES", "OPTIMIZERS"]
+           "interrupts_at_batch_boundaries", "STOP_SIGNALS", "PARALLEL_STOP_SIGNALS",
+           "NonFiniteLossError", "TrainingInterrupted", "LOSSES", "OPTIMIZERS"]
