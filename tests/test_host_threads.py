@@ -195,16 +195,19 @@ def test_large_work_splits_and_restores_blas(host, split_calls, monkeypatch):
 
 def test_one_thread_means_one_blas_thread_too(host, monkeypatch):
     """set_num_threads(1) runs every product and kernel on one BLAS thread (PyTorch's
-    meaning), and gives the caller's BLAS setting back afterwards."""
-    host.set_num_threads(1)
+    meaning: BLAS set once, not around every call), and more threads give BLAS back its
+    own setting."""
     before = blas_threads()
+    host.set_num_threads(1)
+    assert blas_threads() == [1] * len(before)
     seen = []
     real = np.matmul
     monkeypatch.setattr(np, "matmul", lambda *a, **k: seen.append(blas_threads()) or real(*a, **k))
     host.matmul(f32(8, 8), f32(8, 8))
     host.parallel(lambda a, b: seen.append(blas_threads()), 8, 1 << 30)
-    assert seen == [[1] * len(before)] * 2 and blas_threads() == before
+    assert seen == [[1] * len(before)] * 2
     host.set_num_threads(2)
+    assert blas_threads() == before
 
 
 def test_seeding_ends_our_mode(host, monkeypatch):

@@ -126,6 +126,7 @@ class HostBackend(Backend):
         self.buffer_block_bytes = core_cache_bytes() if buffer_block_bytes is None else buffer_block_bytes
         self._pool = None
         self._blas = None
+        self._blas_before = None  # BLAS's thread counts before set_num_threads(1)
         self._ours_left = 0
         self._splitting = False
         self.kernels, self.kernels_unavailable = None, "not loaded yet"
@@ -146,6 +147,16 @@ class HostBackend(Backend):
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None  # started again by the first split
+        # One thread means BLAS's too, as in PyTorch: set once here, not around every call
+        # (a round trip through threadpoolctl costs more than a small product).
+        if threads == 1 and self._blas_before is None:
+            self._blas_before = [(lib, lib.get_num_threads()) for lib in self._blas_libraries()]
+            for lib, _ in self._blas_before:
+                lib.set_num_threads(1)
+        elif threads > 1 and self._blas_before is not None:
+            for lib, before in self._blas_before:
+                lib.set_num_threads(before)
+            self._blas_before = None
         self.threads = threads
         self._ours_left = 0
 
@@ -154,10 +165,8 @@ class HostBackend(Backend):
         """How to run a piece of work: True to split it across our threads; False to
         run it whole in our mode (BLAS on one thread, so that its threads stay
         asleep); None for a plain call, BLAS on its own threads."""
-        if self._splitting:  # inside a split, BLAS is on one thread already
+        if self.threads == 1 or self._splitting:  # BLAS is on one thread already
             return None
-        if self.threads == 1:  # one thread means BLAS's too, as in PyTorch
-            return False
         ours = self._ours_left > 0
         self._ours_left -= ours
         if large or (ours and splittable):
@@ -181,9 +190,7 @@ class HostBackend(Backend):
 
     @contextlib.contextmanager
     def _single_threaded_blas(self):
-        if self._blas is None:
-            self._blas = _blas_controllers()
-        changed = [lib for lib in self._blas if lib.get_num_threads() != 1]
+        changed = [lib for lib in self._blas_libraries() if lib.get_num_threads() != 1]
         previous = [lib.get_num_threads() for lib in changed]
         for lib in changed:
             lib.set_num_threads(1)
@@ -192,6 +199,11 @@ class HostBackend(Backend):
         finally:
             for lib, n in zip(changed, previous):
                 lib.set_num_threads(n)
+
+    def _blas_libraries(self):
+        if self._blas is None:
+            self._blas = _blas_controllers()
+        return self._blas
 
     def _run_split(self, body, count):
         parts = min(self.threads, count)
