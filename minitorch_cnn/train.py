@@ -15,6 +15,7 @@ as SIGTERM does, with status 138.
 """
 import argparse
 import contextlib
+import importlib.util
 import io
 import json
 import os
@@ -25,7 +26,7 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
-from . import __version__, backends, data, models, nn
+from . import __version__, backends, data, distributed, models, nn
 from .checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
 from .files import atomic_replace_text, atomic_savez, atomic_write, check_writable
 from .metrics import CSV_NAME, ERROR_PNG, LOSS_PNG, MetricsLog, plot_metrics
@@ -801,7 +802,6 @@ class ProcessGroup:
     output is dropped, and their errors are shown only when they end the run."""
 
     def __init__(self, backend):
-        from . import distributed  # imports mpi4py, which starts MPI
         distributed.init_process_group("nccl" if backend == "cupy" else "mpi")
         comm = distributed.get_communicator()
         self.mpi = getattr(comm, "world", comm)  # the MPI communicator, also under NCCL's
@@ -889,9 +889,7 @@ def main(argv=None):
         if args.list_models:
             return list_models()
         return _main(args, parser)
-    try:
-        import mpi4py  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("mpi4py") is None:
         parser.error("--distributed needs mpi4py and an MPI: pip install -e '.[mpi]' on a machine "
                      "with one, or '.[mpi-local]' for Open MPI from PyPI")
     group = ProcessGroup(first.backend)

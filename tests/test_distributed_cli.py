@@ -16,18 +16,13 @@ import time
 import numpy as np
 import pytest
 
-from minitorch_cnn import data
 from minitorch_cnn import train as train_mod
 from minitorch_cnn.checkpoint import load_checkpoint
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
-from test_distributed import finish, needs_mpi, start  # noqa: E402
+from fashion_subset import fashion_subset
+from test_distributed import ROOT, finish, needs_mpi, start
 
 TRAIN_N, TEST_N, EPOCHS = 640, 200, 3
-FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-         "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 # Runs the command in one process and fails if it imported mpi4py.
 WITHOUT_MPI = ("import sys; from minitorch_cnn.train import main; code = main(sys.argv[1:]); "
                "assert 'mpi4py' not in sys.modules, 'mpi4py was imported'; sys.exit(code)")
@@ -35,18 +30,7 @@ WITHOUT_MPI = ("import sys; from minitorch_cnn.train import main; code = main(sy
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    """The first images of real Fashion-MNIST (or class-dependent synthetic ones)."""
-    folder = tmp_path_factory.mktemp("fashion")
-    real = data.find_dataset("fashion-mnist", "train") and data.find_dataset("fashion-mnist", "test")
-    for split, n in (("train", TRAIN_N), ("test", TEST_N)):
-        if real:
-            images, labels = data.load_dataset("fashion-mnist", split, download=False)
-        else:
-            labels = np.random.default_rng(len(split)).integers(0, 10, size=n)
-            images = np.random.default_rng(0).random((10, 28, 28))[labels] * 255
-        data.write_idx(folder / FILES[split][0], images[:n].astype(np.uint8))
-        data.write_idx(folder / FILES[split][1], labels[:n].astype(np.uint8))
-    return folder
+    return fashion_subset(tmp_path_factory.mktemp("fashion"), TRAIN_N, TEST_N)
 
 
 def flags(data_dir, out, epochs=EPOCHS):

@@ -18,36 +18,20 @@ import numpy as np
 import pytest
 
 import minitorch_cnn
-from minitorch_cnn import data, models
+from minitorch_cnn import models
 from minitorch_cnn import train as train_mod
 from minitorch_cnn.checkpoint import load_checkpoint, save_checkpoint
 from minitorch_cnn.metrics import read_metrics
 from minitorch_cnn.training import make_optimizer
+from fashion_subset import FILES, fashion_subset, write_split
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_N, TEST_N = 128, 40
-FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-         "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
-
-
-def write_split(folder, split, images, labels):
-    data.write_idx(folder / FILES[split][0], images.astype(np.uint8))
-    data.write_idx(folder / FILES[split][1], labels.astype(np.uint8))
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    """The first images of real Fashion-MNIST (or class-dependent synthetic ones)."""
-    folder = tmp_path_factory.mktemp("fashion")
-    real = data.find_dataset("fashion-mnist", "train") and data.find_dataset("fashion-mnist", "test")
-    for split, n in (("train", TRAIN_N), ("test", TEST_N)):
-        if real:
-            images, labels = data.load_dataset("fashion-mnist", split, download=False)
-        else:
-            labels = np.random.default_rng(len(split)).integers(0, 10, size=n)
-            images = np.random.default_rng(0).random((10, 28, 28))[labels] * 255
-        write_split(folder, split, images[:n], labels[:n])
-    return folder
+    return fashion_subset(tmp_path_factory.mktemp("fashion"), TRAIN_N, TEST_N)
 
 
 def cli(*argv, cwd=None, limit_file_size=None):
