@@ -201,6 +201,8 @@ class Backend:
     def _group_matmul(self, a, b):
         """``a[k] @ b[k]`` for each group k of two stacks of matrices; for a single group
         the plain product, which no array module copies a transposed operand for."""
+        if a.shape[-1] == 1:  # an outer product per group (a depthwise input gradient): a * b,
+            return a * b      # which NumPy computes ~4x faster than its matmul of this shape
         if a.shape[0] == 1:
             return self.matmul(a[0], b[0])[None]
         return self.matmul(a, b)
