@@ -31,22 +31,24 @@ def _chwn_shape(nchw_shape):
     return c, h, w, n
 
 
-def _pair(value, name):
+def pair(value, name):
+    """``value``, an int or a pair of ints (kernel size, stride, padding, dilation), as a
+    checked pair; ``name`` names the argument in the error. The layers parse theirs here."""
     if type(value) is int and value >= 0:  # the common case, first: every op call parses these
         return value, value
-    pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
-    if len(pair) != 2 or not all(isinstance(v, int) and v >= 0 for v in pair):
+    values = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    if len(values) != 2 or not all(isinstance(v, int) and v >= 0 for v in values):
         raise ValueError(f"{name} must be a non-negative int or a pair of them, got {value!r}")
-    return pair
+    return values
 
 
 def _positive_pair(value, name, op):
     if type(value) is int and value > 0:
         return value, value
-    pair = _pair(value, name)
-    if min(pair) < 1:
+    values = pair(value, name)
+    if min(values) < 1:
         raise ValueError(f"{op}: {name} must be positive, got {value!r}")
-    return pair
+    return values
 
 
 def _batched(input, op):
@@ -106,7 +108,7 @@ def _conv_padding(padding, kernel, stride, dilation):
     large as the input; an odd total puts its extra row/column at the bottom/right, as
     PyTorch does)."""
     if not isinstance(padding, str):
-        return (*_pair(padding, "padding"), 0, 0)
+        return (*pair(padding, "padding"), 0, 0)
     if padding == "valid":
         return 0, 0, 0, 0
     if padding != "same":
@@ -203,7 +205,7 @@ def _pool_window(op, input, kernel_size, stride, padding, dilation=1, ceil_mode=
     extra room ``ceil_mode`` gives the last window is padding at the bottom/right."""
     kh, kw = _positive_pair(kernel_size, "kernel_size", op)
     sh, sw = (kh, kw) if stride is None or stride == [] or stride == () else _positive_pair(stride, "stride", op)
-    ph, pw = _pair(padding, "padding")
+    ph, pw = pair(padding, "padding")
     dh, dw = _positive_pair(dilation, "dilation", op)
     if ph > kh // 2 or pw > kw // 2:
         raise ValueError(f"{op}: pad should be at most half of kernel size, but got pad={padding!r}, "
@@ -267,7 +269,7 @@ def max_unpool2d(input, indices, kernel_size, stride=None, padding=0, output_siz
     x, unbatched = _batched(input, "max_unpool2d")
     kh, kw = _positive_pair(kernel_size, "kernel_size", "max_unpool2d")
     sh, sw = (kh, kw) if stride is None else _positive_pair(stride, "stride", "max_unpool2d")
-    ph, pw = _pair(padding, "padding")
+    ph, pw = pair(padding, "padding")
     if output_size is None:
         size = ((x.shape[2] - 1) * sh - 2 * ph + kh, (x.shape[3] - 1) * sw - 2 * pw + kw)
     else:
@@ -496,10 +498,10 @@ class BatchNorm(Function):
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
                momentum=0.1, eps=1e-5):
     """Running statistics (raw arrays or Tensors) are updated in place when training."""
-    return _batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps, relu=False)
+    return fused_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps, relu=False)
 
 
-def _batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps, relu, pool=None):
+def fused_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps, relu, pool=None):
     """``batch_norm``, and with ``relu`` then ``relu`` in the same op, and with ``pool``
     (max_pool2d's ``(kernel_size, stride, padding)``) then that max pool too
     (``nn.BatchNormReLU2d``; not a PyTorch function)."""

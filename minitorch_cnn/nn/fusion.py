@@ -2,7 +2,7 @@
 into one visible :class:`BatchNormReLU2d`, in the spirit of PyTorch's
 ``torch.ao.quantization.fuse_modules``.
 
-The fused module is one op (``F._batch_norm`` with ``relu`` and ``pool``): the same
+The fused module is one op (``F.fused_batch_norm`` with ``relu`` and ``pool``): the same
 numbers as the modules one after the other, but a backend with a fused kernel (the
 NumPy backend's C kernels) normalises each value as the pool reads it and never stores
 the full-size activation between them. The train command fuses its model by default.

@@ -203,8 +203,8 @@ class Conv2d(Module):
         if padding_mode != "zeros":
             raise NotImplementedError(f"Conv2d: padding_mode={padding_mode!r} is not implemented; only 'zeros' is")
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.kernel_size = F._pair(kernel_size, "kernel_size")
-        self.stride, self.dilation = F._pair(stride, "stride"), F._pair(dilation, "dilation")
+        self.kernel_size = F.pair(kernel_size, "kernel_size")
+        self.stride, self.dilation = F.pair(stride, "stride"), F.pair(dilation, "dilation")
         if isinstance(padding, str):
             if padding not in ("same", "valid"):
                 raise ValueError(f"Invalid padding string {padding!r}, should be one of {{'valid', 'same'}}")
@@ -212,7 +212,7 @@ class Conv2d(Module):
                 raise ValueError("padding='same' is not supported for strided convolutions")
             self.padding = padding
         else:
-            self.padding = F._pair(padding, "padding")
+            self.padding = F.pair(padding, "padding")
         self.padding_mode = padding_mode
         self.weight, fan_in = _kaiming_uniform_a_sqrt5((out_channels, in_channels // groups) + self.kernel_size)
         self.bias = _uniform((out_channels,), 1 / math.sqrt(fan_in)) if bias else None
@@ -352,7 +352,7 @@ class BatchNorm2d(Module):
             if momentum is None:  # a cumulative average: batch k weighs 1/k, as PyTorch
                 momentum = 1.0 / float(self.num_batches_tracked.item())
         window = None if pool is None else (pool.kernel_size, pool.stride, pool.padding)
-        return F._batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+        return F.fused_batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                              self.training, momentum, self.eps, relu, window)
 
     def extra_repr(self):
