@@ -631,10 +631,11 @@ def error(message):
 
 # ---- entry points ------------------------------------------------------------------------------
 def list_models():
-    print(f"{'model':<14}{'parameters':>11}  {'dataset':<14}{'optimizer, lr':<16}tutorial")
+    width = max(len("model"), *map(len, models.MODELS)) + 2
+    print(f"{'model':<{width}}{'parameters':>11}  {'dataset':<14}{'optimizer, lr':<16}tutorial")
     for name, spec in models.MODELS.items():
         count = sum(int(np.prod(p.shape)) for p in models.get_model(name).parameters())
-        print(f"{name:<14}{count:>11,}  {spec.dataset:<14}{f'{spec.optimizer} {spec.lr:g}':<16}"
+        print(f"{name:<{width}}{count:>11,}  {spec.dataset:<14}{f'{spec.optimizer} {spec.lr:g}':<16}"
               f"{spec.tutorial}")
     return 0
 
