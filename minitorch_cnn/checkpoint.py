@@ -122,7 +122,9 @@ def _read_arrays(path):
     try:
         archive = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        raise CheckpointError(f"checkpoint {path} is not a readable .npz archive ({e})") from e
+        # Neither a zip nor a .npy: NumPy takes it for a pickle and talks of unpickling it.
+        reason = e if zipfile.is_zipfile(path) else "it is not a zip of .npy arrays"
+        raise CheckpointError(f"checkpoint {path} is not a readable .npz archive ({reason})") from e
     if not isinstance(archive, np.lib.npyio.NpzFile):  # a lone .npy array
         raise CheckpointError(f"checkpoint {path} is a .npy array, not a .npz archive")
     with archive:
